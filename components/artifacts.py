@@ -1,0 +1,125 @@
+"""Artifact store: stage payloads live here; stages pass only small ``ArtifactRef`` handles.
+
+The root is a local folder by default or ``s3://bucket/prefix`` through s3fs. Stages write
+into a local work folder, then ``commit`` digests it and (for remote roots) uploads it.
+Readers call ``local_path`` which downloads into a digest-keyed local cache when needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from pydantic import BaseModel, Field
+
+REF_FILE = "_ref.json"
+
+
+class ArtifactRef(BaseModel):
+    """Handle to a stored payload: where it is and what it contains."""
+
+    uri: str
+    sha256: str
+    kind: str
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_dir(path: Path) -> str:
+    """Digest of a folder's content (relative names + file digests), independent of mtimes."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != REF_FILE):
+        h.update(f.relative_to(path).as_posix().encode())
+        h.update(b"\0")
+        h.update(sha256_file(f).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+class ArtifactStore:
+    def __init__(self, root: str, cache_dir: Path, storage_options: dict | None = None):
+        self.root = root.rstrip("/")
+        self.cache_dir = Path(cache_dir)
+        self.remote = "://" in self.root and not self.root.startswith("file://")
+        self._opts = storage_options or {}
+        self.work_root = self.cache_dir / "work" if self.remote else Path(self.root.removeprefix("file://"))
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        protocol = self.root.split("://", 1)[0] if self.remote else "file"
+        return fsspec.filesystem(protocol, **(self._opts if self.remote else {}))
+
+    def uri_for(self, relpath: str) -> str:
+        return f"{self.root}/{relpath}" if self.remote else str(self.work_root / relpath)
+
+    def workdir(self, relpath: str, clean: bool = True) -> Path:
+        """A local folder to write a payload into; removed first so retries start clean."""
+        d = self.work_root / relpath
+        if clean and d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def commit(self, local_dir: Path, relpath: str, kind: str, meta: dict | None = None) -> ArtifactRef:
+        local_dir = Path(local_dir)
+        ref = ArtifactRef(uri=self.uri_for(relpath), sha256=sha256_dir(local_dir), kind=kind, meta=meta or {})
+        (local_dir / REF_FILE).write_text(ref.model_dump_json(indent=2))
+        if self.remote:
+            fs = self.fs
+            if fs.exists(ref.uri):
+                fs.rm(ref.uri, recursive=True)
+            fs.put(str(local_dir) + "/", ref.uri, recursive=True)
+            self._link_cache(local_dir, ref.sha256)
+        return ref
+
+    def _link_cache(self, local_dir: Path, digest: str) -> None:
+        target = self.cache_dir / "by-digest" / digest
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(local_dir, target)
+
+    def exists(self, ref: ArtifactRef) -> bool:
+        if self.remote:
+            return self.fs.exists(ref.uri)
+        return Path(ref.uri).exists()
+
+    def local_path(self, ref: ArtifactRef) -> Path:
+        """A local folder holding the payload (downloaded once per digest for remote roots)."""
+        if not ref.uri.startswith(("s3://", "gs://", "memory://")) and "://" not in ref.uri:
+            p = Path(ref.uri)
+            if not p.exists():
+                raise FileNotFoundError(f"artifact {ref.kind} missing at {p} (state folder removed?)")
+            return p
+        target = self.cache_dir / "by-digest" / ref.sha256
+        if target.exists():
+            return target
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        fs = fsspec.filesystem(ref.uri.split("://", 1)[0], **self._opts)
+        fs.get(ref.uri.rstrip("/") + "/", str(tmp), recursive=True)
+        got = sha256_dir(tmp)
+        if got != ref.sha256:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise IOError(f"artifact {ref.uri} digest mismatch: expected {ref.sha256}, got {got}")
+        tmp.rename(target)
+        return target
+
+
+def read_ref(local_dir: Path) -> ArtifactRef:
+    return ArtifactRef.model_validate(json.loads((Path(local_dir) / REF_FILE).read_text()))

@@ -1,0 +1,125 @@
+"""Compression variant configs (part of the recipe) and the short-string variant parser.
+
+Short strings, joined with ``+`` (at most one pruning, one quantization, one mixed-precision part):
+  ``magnitude-50``, ``wanda-50``, ``wanda-2:4``, ``wanda-60-sens`` (sensitivity-allocated sparsity)
+  ``rtn-w8``, ``gptq-w4g64``, ``gptq-w4g64-asym-act`` (asymmetric, act-order)
+  ``mp2`` / ``mp0.5`` (mixed 4/8-bit precision within a 2 / 0.5 point accuracy budget)
+e.g. ``wanda-2:4+rtn-w8`` or ``gptq-w4g64+mp1``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class PruneConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["magnitude", "wanda"] = "wanda"
+    sparsity: float = Field(0.5, ge=0.0, lt=1.0)
+    pattern: Literal["unstructured", "2:4"] = "unstructured"
+    allocation: Literal["uniform", "sensitivity"] = "uniform"
+
+    @model_validator(mode="after")
+    def _pattern_rules(self) -> "PruneConfig":
+        if self.pattern == "2:4" and self.sparsity != 0.5:
+            raise ValueError("pattern '2:4' prunes exactly half the weights: sparsity must be 0.5")
+        if self.pattern == "2:4" and self.allocation != "uniform":
+            raise ValueError("allocation 'sensitivity' needs pattern 'unstructured' (2:4 is 50% everywhere)")
+        return self
+
+
+class QuantConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["rtn", "gptq"] = "gptq"
+    bits: Literal[4, 8] = 4
+    symmetric: bool = True
+    group_size: int | Literal["auto"] = "auto"
+    act_order: bool = False
+    damp: float = Field(0.01, gt=0.0)
+    block_size: int = Field(128, ge=1)
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_size_ok(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and (v < 8 or v % 8):
+            raise ValueError("group_size must be 'auto' or a positive multiple of 8 (packing is 8 int4 per int32)")
+        return v
+
+
+class MixedPrecisionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    budget_points: float = Field(1.0, ge=0.0)
+    bit_choices: list[Literal[4, 8]] = Field(default_factory=lambda: [4, 8])
+    sensitivity: Literal["loss", "hessian_trace"] = "hessian_trace"
+
+    @field_validator("bit_choices")
+    @classmethod
+    def _two_distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != 2:
+            raise ValueError("bit_choices must hold two distinct widths, e.g. [4, 8]")
+        return sorted(set(v))
+
+
+class VariantConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    prune: PruneConfig | None = None
+    quant: QuantConfig | None = None
+    mixed_precision: MixedPrecisionConfig | None = None
+    # LM head and embeddings stay dense and full precision (tied in SmolLM2; tiny share of FLOPs)
+    exclude: list[str] = Field(default_factory=lambda: ["lm_head", "embed_tokens"])
+
+    @model_validator(mode="after")
+    def _needs_something(self) -> "VariantConfig":
+        if self.prune is None and self.quant is None:
+            raise ValueError(f"variant {self.name!r} neither prunes nor quantizes")
+        if self.mixed_precision is not None and self.quant is None:
+            raise ValueError("mixed_precision needs a quant section (its method, group size, symmetry)")
+        return self
+
+
+_PRUNE = re.compile(r"^(magnitude|wanda)-(2:4|\d{1,2})(-sens)?$")
+_QUANT = re.compile(r"^(rtn|gptq)-w(4|8)(?:g(\d+))?((?:-(?:asym|act))*)$")
+_MIXED = re.compile(r"^mp(\d+(?:\.\d+)?)$")
+
+
+def parse_variant(spec: str) -> VariantConfig:
+    """Parse a short variant string (see module doc) into a validated :class:`VariantConfig`."""
+    fields: dict = {"name": spec}
+    for part in spec.strip().split("+"):
+        if m := _PRUNE.match(part):
+            if "prune" in fields:
+                raise ValueError(f"{spec!r}: more than one pruning part")
+            method, amount, sens = m.groups()
+            fields["prune"] = PruneConfig(
+                method=method,
+                sparsity=0.5 if amount == "2:4" else int(amount) / 100,
+                pattern="2:4" if amount == "2:4" else "unstructured",
+                allocation="sensitivity" if sens else "uniform",
+            )
+        elif m := _QUANT.match(part):
+            if "quant" in fields:
+                raise ValueError(f"{spec!r}: more than one quantization part")
+            method, bits, group, flags = m.groups()
+            fields["quant"] = QuantConfig(
+                method=method,
+                bits=int(bits),
+                group_size=int(group) if group else "auto",
+                symmetric="-asym" not in flags,
+                act_order="-act" in flags,
+            )
+        elif m := _MIXED.match(part):
+            fields["mixed_precision"] = MixedPrecisionConfig(budget_points=float(m.group(1)))
+        else:
+            raise ValueError(
+                f"{spec!r}: cannot parse {part!r}; expected e.g. 'wanda-2:4', 'magnitude-50', "
+                "'rtn-w8', 'gptq-w4g64', 'gptq-w4-asym-act' or 'mp1', joined with '+'"
+            )
+    return VariantConfig(**fields)

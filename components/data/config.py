@@ -1,0 +1,223 @@
+"""Pydantic models for the curate stage (part of the recipe).
+
+Every model forbids unknown keys so that a typo in a recipe fails with the field's name.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+IntRange = Union[int, tuple[int, int]]
+
+
+def as_range(value: IntRange) -> tuple[int, int]:
+    """`3` -> (3, 3); `[1, 3]` -> (1, 3)."""
+    if isinstance(value, int):
+        return (value, value)
+    return (int(value[0]), int(value[1]))
+
+
+def _check_range(value: IntRange, lo_min: int, what: str) -> IntRange:
+    lo, hi = as_range(value)
+    if lo < lo_min or hi < lo:
+        raise ValueError(f"{what} must be >= {lo_min} with lo <= hi, got {value!r}")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FieldMap(_Strict):
+    """Where each row field lives in a record. Dotted names reach into nested objects ("a.b").
+
+    `meta` is either one column holding an object (dict or JSON string) or a list of columns
+    gathered into an object keyed by the column's last name part. `task` optionally names a
+    column that overrides the source's reward name per row.
+    """
+
+    prompt: str = "prompt"
+    answer: str = "answer"
+    system: str | None = None
+    meta: str | list[str] | None = None
+    task: str | None = None
+
+
+class _SourceBase(_Strict):
+    name: str = Field(min_length=1)
+    weight: float = Field(default=1.0, gt=0, description="mixing weight, used when total_rows is set")
+    max_rows: int | None = Field(default=None, ge=0, description="cap on this source's rows after filtering")
+
+
+class ArithmeticSource(_SourceBase):
+    type: Literal["arithmetic"] = "arithmetic"
+    n: int = Field(ge=1)
+    digits: IntRange = 2
+    operators: list[Literal["+", "-", "*", "/"]] = Field(default_factory=lambda: ["+", "-"], min_length=1)
+    num_ops: IntRange = 1
+    seed: int = 0
+    allow_negative: bool = True
+    template: str = "What is {expr}? Give only the final number."
+    task: str = "numeric"
+
+    @field_validator("digits")
+    @classmethod
+    def _digits(cls, v: IntRange) -> IntRange:
+        _check_range(v, 1, "digits")
+        if as_range(v)[1] > 9:
+            raise ValueError("digits above 9 are not supported")
+        return v
+
+    @field_validator("num_ops")
+    @classmethod
+    def _num_ops(cls, v: IntRange) -> IntRange:
+        return _check_range(v, 1, "num_ops")
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if "{expr}" not in v:
+            raise ValueError("template must contain '{expr}'")
+        return v
+
+
+class CountdownSource(_SourceBase):
+    type: Literal["countdown"] = "countdown"
+    n: int = Field(ge=1)
+    num_numbers: int = Field(default=4, ge=2, le=8)
+    max_number: int = Field(default=100, ge=2)
+    target_range: tuple[int, int] = (10, 100)
+    seed: int = 0
+    template: str = (
+        "Using the numbers {numbers}, create an equation that equals {target}. "
+        "You may use +, -, * and /, and each number exactly once. Give only the equation."
+    )
+    task: str = "countdown"
+
+    @field_validator("target_range")
+    @classmethod
+    def _target(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] < 1 or v[1] < v[0]:
+            raise ValueError(f"target_range must be [lo, hi] with 1 <= lo <= hi, got {list(v)}")
+        return v
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if "{numbers}" not in v or "{target}" not in v:
+            raise ValueError("template must contain '{numbers}' and '{target}'")
+        return v
+
+
+class _FileSource(_SourceBase):
+    path: str = Field(min_length=1, description="local path or fsspec URL such as s3://bucket/key")
+    fields: FieldMap = Field(default_factory=FieldMap)
+    task: str = "numeric"
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")
+
+
+class JsonlSource(_FileSource):
+    type: Literal["jsonl"] = "jsonl"
+
+
+class ParquetSource(_FileSource):
+    type: Literal["parquet"] = "parquet"
+
+
+class CsvSource(_FileSource):
+    type: Literal["csv"] = "csv"
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+
+
+class HfDiskSource(_SourceBase):
+    type: Literal["hf_disk"] = "hf_disk"
+    path: str = Field(min_length=1, description="folder written by datasets' save_to_disk")
+    split: str = "train"
+    fields: FieldMap = Field(default_factory=FieldMap)
+    task: str = "numeric"
+
+
+class HfHubSource(_SourceBase):
+    type: Literal["hf_hub"] = "hf_hub"
+    dataset: str = Field(min_length=1, description="hub dataset id, e.g. openai/gsm8k")
+    config_name: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    fields: FieldMap = Field(default_factory=FieldMap)
+    task: str = "numeric"
+
+
+SourceConfig = Annotated[
+    Union[ArithmeticSource, CountdownSource, JsonlSource, ParquetSource, CsvSource, HfDiskSource, HfHubSource],
+    Field(discriminator="type"),
+]
+
+
+class DedupConfig(_Strict):
+    """Exact and near-duplicate removal.
+
+    Near duplicates use MinHash over *character* `shingle`-grams of the lower-cased prompt: word
+    n-grams are too coarse for short prompts (one changed word in a 20-word prompt already drops
+    word-5-gram Jaccard to ~0.6). LSH candidates are confirmed with the exact Jaccard of the
+    shingle sets, and prompts whose numbers differ are never merged (different problems).
+    """
+
+    exact: bool = True
+    near: bool = True
+    threshold: float = Field(default=0.85, gt=0.0, le=1.0)
+    shingle: int = Field(default=5, ge=1)
+    num_perm: int = Field(default=128, ge=16, le=1024)
+
+
+class DecontamConfig(_Strict):
+    """Word n-gram overlap between train prompts and eval prompts (eval split + eval_files).
+
+    Prompts shorter than `ngram` words use their whole word sequence as their only n-gram, so
+    short arithmetic prompts are matched as wholes (also when contained in a longer prompt).
+    N-grams shared by `template_df` or more distinct prompts (train + eval) are template
+    boilerplate and ignored, so a long shared template does not flag every templated prompt.
+    `eval_files`: .jsonl/.json/.parquet/.csv (column prompt/question/problem/input) or .txt (one
+    prompt per line), local or fsspec URLs.
+    """
+
+    ngram: int = Field(default=13, ge=1)
+    template_df: int = Field(
+        default=3, ge=0,
+        description="n-grams shared by at least this many distinct prompts are template text, not evidence (0: off)",
+    )
+    eval_files: list[str] = Field(default_factory=list)
+
+
+class FilterConfig(_Strict):
+    min_prompt_tokens: int = Field(default=1, ge=0)
+    max_prompt_tokens: int = Field(default=512, ge=1)
+    charset: Literal["any", "ascii", "latin"] = "any"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "FilterConfig":
+        if self.min_prompt_tokens > self.max_prompt_tokens:
+            raise ValueError("min_prompt_tokens must be <= max_prompt_tokens")
+        return self
+
+
+class CurateConfig(_Strict):
+    sources: list[SourceConfig] = Field(min_length=1)
+    eval_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    eval_max_rows: int | None = Field(default=None, ge=0)
+    seed: int = 0
+    total_rows: int | None = Field(default=None, ge=1)
+    shard_rows: int = Field(default=100_000, ge=1, description="max rows per parquet shard")
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    decontam: DecontamConfig = Field(default_factory=DecontamConfig)
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    refresh: bool = False
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "CurateConfig":
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique, repeated: {dupes}")
+        return self

@@ -1,0 +1,224 @@
+"""Evaluate one candidate model on verifiable prompts through an injected `generate` function.
+
+The engine and the scorer are passed in, so this module knows nothing about transformers, vLLM or
+the reward code: the same figures come out whichever engine produced the completions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from components.evaluation.metrics import cost_of_pass, determinism, flips, pass_at_k
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated answer: its text and how many tokens it cost."""
+
+    text: str
+    num_tokens: int
+
+
+class GenerateFn(Protocol):
+    """n completions per prompt, in prompt order; temperature 0 means greedy decoding."""
+
+    def __call__(
+        self, prompts: list[str], n: int, temperature: float, max_new_tokens: int, seed: int
+    ) -> Sequence[Sequence[Completion]]: ...
+
+
+ScoreFn = Callable[[dict[str, Any], str], float]
+# progress(phase, passes_done, passes_total); phase is "greedy", "determinism" or "sampled".
+ProgressFn = Callable[[str, int, int], None]
+
+CORRECT_THRESHOLD = 0.5
+
+
+class EvalConfig(BaseModel):
+    """Options of the evaluate stage (part of the recipe)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(4, ge=1, description="pass@k is reported for this k")
+    n_samples: int | None = Field(
+        None, ge=1, description="samples per prompt for the sampled pass; None means k (n >= k)"
+    )
+    temperature: float = Field(1.0, ge=0.0, description="temperature of the sampled pass")
+    max_new_tokens: int = Field(32, ge=1)
+    greedy: bool = Field(True, description="run the greedy pass (greedy pass@1, flips, latency)")
+    determinism_check: bool = Field(True, description="run the greedy pass twice and compare texts")
+    max_rows: int | None = Field(None, ge=1, description="evaluate only the first rows")
+    seed: int = 0
+    refresh: bool = Field(False, description="recompute even when a cached result exists")
+
+    @model_validator(mode="after")
+    def _samples_cover_k(self) -> EvalConfig:
+        if self.n_samples is not None and self.n_samples < self.k:
+            raise ValueError(f"n_samples ({self.n_samples}) must be >= k ({self.k})")
+        return self
+
+    @property
+    def samples(self) -> int:
+        return self.k if self.n_samples is None else self.n_samples
+
+
+class RowResult(BaseModel):
+    """Per-prompt outcome, kept for the per-prompt artifact and for debugging a flip."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    greedy_text: str | None
+    greedy_correct: bool | None
+    sampled_correct: int
+    n_samples: int
+
+
+class CandidateReport(BaseModel):
+    """All figures of one evaluated model; what the gate and the plots consume."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
+    name: str
+    greedy_pass1: float | None  # None when cfg.greedy is off
+    pass_at_1_sampled: float  # mean over prompts of correct samples / samples
+    pass_at_k: float  # mean over prompts of the unbiased pass@k
+    k: int
+    mean_output_tokens: float  # greedy pass; sampled pass when greedy is off
+    tokens_per_correct: float  # same pass as mean_output_tokens; inf when none correct
+    latency_s: float | None  # wall time of the greedy generate call
+    size_bytes: int | None
+    deterministic: bool | None  # None when not checked
+    correct: dict[str, bool]  # greedy correctness per prompt id; empty when greedy is off
+    n_rows: int
+    details: list[RowResult] = Field(default_factory=list)
+    negative_flips: int | None = None  # filled by compare_to_champion
+    positive_flips: int | None = None
+    flip_reference: str | None = None  # name of the report the flips were counted against
+
+
+def _checked(out: Sequence[Sequence[Completion]], n_prompts: int, n: int) -> list[list[Completion]]:
+    """Fail loudly on an engine that drops prompts or samples: silent misalignment corrupts scores."""
+    result = [list(x) for x in out]
+    if len(result) != n_prompts:
+        raise ValueError(f"generate returned {len(result)} prompt groups for {n_prompts} prompts")
+    for i, group in enumerate(result):
+        if len(group) != n:
+            raise ValueError(f"generate returned {len(group)} completions for prompt {i}, expected {n}")
+    return result
+
+
+def _scored(score: ScoreFn, row: dict[str, Any], text: str) -> bool:
+    value = float(score(row, text))
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise ValueError(f"score for row {row['id']!r} is {value}, outside [0, 1]")
+    return value >= CORRECT_THRESHOLD
+
+
+def evaluate_candidate(
+    name: str,
+    generate: GenerateFn,
+    rows: Sequence[dict[str, Any]],
+    score: ScoreFn,
+    cfg: EvalConfig,
+    size_bytes: int | None = None,
+    progress: ProgressFn | None = None,
+) -> CandidateReport:
+    """Run the greedy pass (twice if checking determinism) and the sampled pass; report figures."""
+    rows = list(rows)[: cfg.max_rows] if cfg.max_rows is not None else list(rows)
+    if not rows:
+        raise ValueError("no rows to evaluate")
+    ids = [str(r["id"]) for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError("row ids must be unique: flips are counted per id")
+    prompts = [str(r["prompt"]) for r in rows]
+    n = cfg.samples
+
+    total = 1 + (2 if cfg.greedy and cfg.determinism_check else 1 if cfg.greedy else 0)
+    done = 0
+
+    def tick(phase: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(phase, done, total)
+
+    greedy_texts: list[str] | None = None
+    greedy_correct: list[bool] | None = None
+    greedy_tokens = 0
+    latency: float | None = None
+    deterministic: bool | None = None
+    if cfg.greedy:
+        start = time.perf_counter()
+        raw = generate(prompts, 1, 0.0, cfg.max_new_tokens, cfg.seed)
+        latency = time.perf_counter() - start
+        greedy = [g[0] for g in _checked(raw, len(prompts), 1)]
+        tick("greedy")
+        greedy_texts = [c.text for c in greedy]
+        greedy_correct = [_scored(score, r, c.text) for r, c in zip(rows, greedy, strict=True)]
+        greedy_tokens = sum(c.num_tokens for c in greedy)
+        if cfg.determinism_check:
+            again = _checked(generate(prompts, 1, 0.0, cfg.max_new_tokens, cfg.seed), len(prompts), 1)
+            tick("determinism")
+            deterministic = determinism(greedy_texts, [g[0].text for g in again]).identical
+
+    sampled = _checked(generate(prompts, n, cfg.temperature, cfg.max_new_tokens, cfg.seed), len(prompts), n)
+    tick("sampled")
+    sampled_correct = [sum(_scored(score, r, c.text) for c in group) for r, group in zip(rows, sampled, strict=True)]
+
+    n_rows = len(rows)
+    if greedy_correct is not None:
+        n_correct = sum(greedy_correct)
+        mean_tokens = greedy_tokens / n_rows
+        per_correct = cost_of_pass(greedy_tokens, n_correct)
+        greedy_pass1: float | None = n_correct / n_rows
+    else:
+        sampled_tokens = sum(c.num_tokens for group in sampled for c in group)
+        mean_tokens = sampled_tokens / (n_rows * n)
+        per_correct = cost_of_pass(sampled_tokens, sum(sampled_correct))
+        greedy_pass1 = None
+
+    details = [
+        RowResult(
+            id=ids[i],
+            greedy_text=None if greedy_texts is None else greedy_texts[i],
+            greedy_correct=None if greedy_correct is None else greedy_correct[i],
+            sampled_correct=sampled_correct[i],
+            n_samples=n,
+        )
+        for i in range(n_rows)
+    ]
+    return CandidateReport(
+        name=name,
+        greedy_pass1=greedy_pass1,
+        pass_at_1_sampled=sum(c / n for c in sampled_correct) / n_rows,
+        pass_at_k=sum(pass_at_k(n, c, cfg.k) for c in sampled_correct) / n_rows,
+        k=cfg.k,
+        mean_output_tokens=mean_tokens,
+        tokens_per_correct=per_correct,
+        latency_s=latency,
+        size_bytes=size_bytes,
+        deterministic=deterministic,
+        correct={} if greedy_correct is None else dict(zip(ids, greedy_correct, strict=True)),
+        n_rows=n_rows,
+        details=details,
+    )
+
+
+def compare_to_champion(report: CandidateReport, champion_report: CandidateReport) -> CandidateReport:
+    """Copy of `report` with flips against the champion; None when no greedy prompts are shared."""
+    counts = flips(champion_report.correct, report.correct)
+    if counts.shared == 0:
+        return report.model_copy(update={"negative_flips": None, "positive_flips": None, "flip_reference": None})
+    return report.model_copy(
+        update={
+            "negative_flips": counts.negative,
+            "positive_flips": counts.positive,
+            "flip_reference": champion_report.name,
+        }
+    )

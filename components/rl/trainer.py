@@ -1,0 +1,343 @@
+"""GRPO-family training loop, run in resumable segments of K steps.
+
+A segment starts from a checkpoint folder (or the base model), runs steps [start, end),
+and writes a checkpoint holding everything the next segment needs: model weights,
+optimiser and scheduler state, the online difficulty tracker, and the metric history.
+All randomness is derived from (seed, step), so a resumed run is bitwise identical to an
+uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from components.engines.base import SamplingParams
+from components.engines.transformers_engine import TransformersEngine
+from components.rewards import get_reward
+from components.rl.advantages import batch_normalize, group_advantages, zero_variance_groups
+from components.rl.batch import build_batch, response_logprobs
+from components.rl.losses import policy_loss
+from components.rl.rollouts import write_rollouts
+
+MetricsFn = Callable[[dict[str, float], int], None]
+ProgressFn = Callable[[str, float], None]
+
+
+def messages_for(row: dict) -> list[dict[str, str]]:
+    msgs = []
+    if row.get("system"):
+        msgs.append({"role": "system", "content": row["system"]})
+    msgs.append({"role": "user", "content": row["prompt"]})
+    return msgs
+
+
+def _meta(row: dict) -> dict:
+    m = row.get("meta")
+    if isinstance(m, str):
+        try:
+            return json.loads(m) if m else {}
+        except json.JSONDecodeError:
+            return {}
+    return m or {}
+
+
+class RewardScorer:
+    """Scores completions with each row's task reward; counts errors/timeouts."""
+
+    def __init__(self):
+        self._fns: dict[str, object] = {}
+        self.errors: dict[str, int] = {}
+
+    def __call__(self, row: dict, text: str) -> float:
+        task = row.get("task") or "numeric"
+        fn = self._fns.get(task)
+        if fn is None:
+            fn = self._fns[task] = get_reward(task)
+        res = fn(text, row["answer"], _meta(row))
+        if res.error:
+            self.errors[res.error] = self.errors.get(res.error, 0) + 1
+        return float(res.score)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _lr_lambda(warmup: int) -> Callable[[int], float]:
+    return lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
+
+
+class PromptSampler:
+    """Uniform (selection-weighted) or Thompson sampling over the training prompts."""
+
+    def __init__(self, rows: list[dict], weights: list[float] | None, mode: str, tracker=None, seed: int = 0):
+        self.rows = rows
+        w = np.asarray(weights if weights is not None else [1.0] * len(rows), dtype=np.float64)
+        self.p = w / w.sum()
+        self.mode = mode
+        self.tracker = tracker
+        self.seed = seed
+
+    def sample(self, step: int, k: int, attempt: int = 0, exclude: set[int] | None = None) -> list[int]:
+        rng = np.random.default_rng([self.seed, step, attempt])
+        candidates = [i for i in range(len(self.rows)) if not exclude or i not in exclude]
+        if not candidates:
+            return []
+        k = min(k, len(candidates))
+        if self.mode == "thompson" and self.tracker is not None:
+            ids = [self.rows[i]["id"] for i in candidates]
+            chosen = self.tracker_sample(ids, k, rng)
+            index = {self.rows[i]["id"]: i for i in candidates}
+            return [index[c] for c in chosen]
+        p = self.p[candidates]
+        p = p / p.sum()
+        return [candidates[i] for i in rng.choice(len(candidates), size=k, replace=False, p=p)]
+
+    def tracker_sample(self, ids: list[str], k: int, rng: np.random.Generator) -> list[str]:
+        # Thompson draw p ~ Beta(a, b) per prompt, pick the largest expected signal p(1-p).
+        draws = []
+        for pid in ids:
+            post = self.tracker.posterior(pid)
+            p = rng.beta(post.alpha, post.beta)
+            draws.append((p * (1 - p), pid))
+        draws.sort(key=lambda x: (-x[0], x[1]))
+        return [pid for _, pid in draws[:k]]
+
+
+def _make_tracker(difficulty: list | None, decay: float):
+    from components.difficulty.online import OnlineTracker
+
+    if difficulty:
+        return OnlineTracker.from_records(difficulty, decay=decay)
+    return OnlineTracker(decay=decay)
+
+
+def run_segment(
+    *,
+    base_model_dir: Path,
+    init_checkpoint: Path | None,
+    rows: list[dict],
+    weights: list[float] | None,
+    difficulty: list | None,
+    cfg,
+    start_step: int,
+    end_step: int,
+    out_dir: Path,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    log_metrics: MetricsFn | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, float]:
+    """Run steps ``[start_step, end_step)`` and write a checkpoint to ``out_dir``."""
+    from components.models import load_model, load_tokenizer
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if cfg.loss.variant == "drgrpo" and cfg.loss.drgrpo_norm_len is None:
+        # Dr. GRPO needs a constant normaliser; the generation budget is the natural one.
+        cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"drgrpo_norm_len": cfg.max_new_tokens})})
+    src = init_checkpoint / "model" if init_checkpoint else base_model_dir
+    model = load_model(src, device, dtype)
+    tok = load_tokenizer(base_model_dir)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps))
+    tracker = _make_tracker(difficulty, cfg.tracker_decay)
+    history: list[dict] = []
+    if init_checkpoint:
+        state = torch.load(init_checkpoint / "trainer_state.pt", weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        tracker.load_state_dict(json.loads((init_checkpoint / "tracker.json").read_text()))
+        history = [json.loads(l) for l in (init_checkpoint / "metrics.jsonl").read_text().splitlines() if l]
+        if state["step"] != start_step:
+            raise ValueError(f"checkpoint is at step {state['step']}, segment starts at {start_step}")
+    ref_model = None
+    if cfg.loss.kl_coef > 0:
+        ref_model = load_model(base_model_dir, device, dtype).eval()
+        for p in ref_model.parameters():
+            p.requires_grad_(False)
+    engine = TransformersEngine(model, tok, max_batch_sequences=64, policy_version=start_step)
+    sampler = PromptSampler(rows, weights, cfg.sampler, tracker, cfg.seed)
+    scorer = RewardScorer()
+    rollout_dir = out_dir / "rollouts"
+    rollout_dir.mkdir(parents=True, exist_ok=True)
+    for step in range(start_step, end_step):
+        m = train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg, step, rollout_dir)
+        m["lr"] = sched.get_last_lr()[0]
+        sched.step()
+        m["peak_rss_mb"] = _peak_rss_mb()
+        history.append({"step": step, **m})
+        if log_metrics:
+            log_metrics(m, step)
+        if progress:
+            progress(f"step {step + 1}/{cfg.steps} reward {m['reward_mean']:.3f}", (step + 1 - start_step) / max(1, end_step - start_step))
+    summary: dict[str, float] = {}
+    model.save_pretrained(out_dir / "model")
+    tok.save_pretrained(out_dir / "model")
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": end_step},
+               out_dir / "trainer_state.pt")
+    (out_dir / "tracker.json").write_text(json.dumps(tracker.state_dict()))
+    (out_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    if history:
+        last = history[-1]
+        summary = {k: v for k, v in last.items() if isinstance(v, (int, float))}
+    summary["update_sparsity"] = update_sparsity(model, base_model_dir, device, dtype)
+    return summary
+
+
+def update_sparsity(model, base_model_dir: Path, device: str, dtype) -> float:
+    """Share of parameters that did NOT change since the base model (RL updates are sparse)."""
+    from components.models import load_model
+
+    base = dict(load_model(base_model_dir, device, dtype).named_parameters())
+    same = total = 0
+    for n, p in model.named_parameters():
+        q = base.get(n)
+        if q is None:
+            continue
+        same += int((p.detach() == q.detach()).sum())
+        total += p.numel()
+    return same / max(1, total)
+
+
+def train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg, step, rollout_dir) -> dict:
+    t0 = time.perf_counter()
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                            seed=cfg.seed * 100003 + step)
+    chosen: list[int] = []
+    groups = []
+    rewards_all: list[list[float]] = []
+    gen_s = score_s = 0.0
+    gen_tokens = 0
+    zero_var_seen = 0
+    groups_seen = 0
+    exclude: set[int] = set()
+    for attempt in range(1 + (cfg.max_refill_rounds if cfg.dynamic_sampling else 0)):
+        need = cfg.prompts_per_step - len(chosen)
+        if need <= 0:
+            break
+        idx = sampler.sample(step, need, attempt, exclude)
+        if not idx:
+            break
+        exclude.update(idx)
+        rows = [sampler.rows[i] for i in idx]
+        params_a = params.model_copy(update={"seed": params.seed + 7919 * attempt})
+        batch = engine.generate([messages_for(r) for r in rows], cfg.group_size, params_a)
+        gen_s += batch.seconds
+        gen_tokens += batch.generated_tokens
+        ts = time.perf_counter()
+        rw = [[scorer(r, s.text) for s in g] for r, g in zip(rows, batch.groups)]
+        score_s += time.perf_counter() - ts
+        tracker.update([r["id"] for r in rows for _ in range(cfg.group_size)], [x for g in rw for x in g])
+        zv = zero_variance_groups(torch.tensor(rw)).tolist()
+        zero_var_seen += sum(zv)
+        groups_seen += len(zv)
+        last_round = attempt == (cfg.max_refill_rounds if cfg.dynamic_sampling else 0)
+        for i, r, g, rr, z in zip(idx, rows, batch.groups, rw, zv):
+            if cfg.dynamic_sampling and z and not last_round:
+                continue
+            chosen.append(i)
+            groups.append((r, batch.prompt_token_ids[g[0].prompt_index], g))
+            rewards_all.append(rr)
+    rewards = torch.tensor(rewards_all, dtype=torch.float32)
+    adv = group_advantages(rewards, cfg.advantage, cfg.std_normalize)
+    if cfg.batch_normalize:
+        adv = batch_normalize(adv)
+    prompts, responses, elps, vers, advs = [], [], [], [], []
+    for (row, pids, g), a in zip(groups, adv):
+        for s, ai in zip(g, a.tolist()):
+            prompts.append(pids)
+            responses.append(s.token_ids)
+            elps.append(s.logprobs)
+            vers.append(s.versions)
+            advs.append(ai)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    tb = build_batch(prompts, responses, elps, vers, advs, pad)
+    write_rollouts(rollout_dir / f"step-{step:05d}.parquet", step, groups, rewards_all, engine.policy_version)
+
+    tu = time.perf_counter()
+    model.train()
+    n = len(tb)
+    order_rng = torch.Generator().manual_seed(cfg.seed * 7 + step)
+    with torch.no_grad():
+        old_logp = torch.cat([
+            response_logprobs(model, tb.select(list(range(i, min(n, i + cfg.micro_batch_size)))),
+                              cfg.temperature, cfg.logprob_chunk_size)[0].cpu()
+            for i in range(0, n, cfg.micro_batch_size)
+        ]) if (cfg.epochs > 1 or cfg.minibatch_size < n) else None
+        ref_logp = torch.cat([
+            response_logprobs(ref_model, tb.select(list(range(i, min(n, i + cfg.micro_batch_size)))),
+                              cfg.temperature, cfg.logprob_chunk_size)[0].cpu()
+            for i in range(0, n, cfg.micro_batch_size)
+        ]) if ref_model is not None else None
+    stats: dict[str, list[float]] = {}
+    grad_norms = []
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(n, generator=order_rng)
+        for mb_start in range(0, n, cfg.minibatch_size):
+            mb_idx = perm[mb_start : mb_start + cfg.minibatch_size]
+            mb_tokens = float(tb.resp_mask[mb_idx].sum().clamp(min=1))
+            model.zero_grad(set_to_none=True)
+            for mi in range(0, len(mb_idx), cfg.micro_batch_size):
+                sub = mb_idx[mi : mi + cfg.micro_batch_size]
+                part = tb.select(sub)
+                logp, ent = response_logprobs(model, part, cfg.temperature, cfg.logprob_chunk_size)
+                dev = logp.device
+                mask = part.resp_mask.to(dev)
+                old = old_logp[sub].to(dev) if old_logp is not None else logp.detach()
+                loss, lm = policy_loss(
+                    logp, old, part.advantages.to(dev), mask, cfg.loss,
+                    ref_logp=ref_logp[sub].to(dev) if ref_logp is not None else None,
+                    behaviour_logp=part.engine_logp.to(dev) if cfg.loss.tis_cap is not None else None,
+                    entropy=ent,
+                )
+                if cfg.loss.variant == "dapo":
+                    scale = float(mask.sum()) / mb_tokens
+                else:
+                    scale = len(sub) / len(mb_idx)
+                (loss * scale).backward()
+                for k, v in lm.items():
+                    stats.setdefault(k, []).append(v)
+                stats.setdefault("loss", []).append(float(loss.detach()))
+                # Engine vs trainer log-probs of the same (pre-update) policy.
+                mism = ((part.engine_logp.to(dev) - old).abs() * mask).sum() / mask.sum().clamp(min=1)
+                stats.setdefault("logprob_mismatch", []).append(float(mism))
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norms.append(float(gn))
+            opt.step()
+    upd_s = time.perf_counter() - tu
+    lengths = [s.num_tokens for _, _, g in groups for s in g]
+    truncated = [s.finish_reason == "length" for _, _, g in groups for s in g]
+    flat_r = rewards.flatten()
+    metrics = {
+        "reward_mean": float(flat_r.mean()),
+        "reward_std": float(flat_r.std(unbiased=False)),
+        "pass_rate": float((flat_r >= 0.5).float().mean()),
+        "response_len_mean": float(np.mean(lengths)),
+        "response_len_max": float(max(lengths)),
+        "truncated_frac": float(np.mean(truncated)),
+        "zero_variance_frac": zero_var_seen / max(1, groups_seen),
+        "groups_sampled": float(groups_seen),
+        "batch_mean_difficulty": float(np.mean([1 - tracker.posterior(r["id"]).mean for r, _, _ in groups])),
+        "grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
+        "gen_tokens_per_s": gen_tokens / max(gen_s, 1e-9),
+        "train_tokens_per_s": float(tb.resp_mask.sum()) * cfg.epochs / max(upd_s, 1e-9),
+        "time_generate_s": gen_s,
+        "time_score_s": score_s,
+        "time_update_s": upd_s,
+        "time_step_s": time.perf_counter() - t0,
+        "reward_errors": float(sum(scorer.errors.values())),
+    }
+    for k, v in stats.items():
+        metrics[k] = float(np.mean(v))
+    engine.policy_version = step + 1
+    return metrics

@@ -1,0 +1,1 @@
+"""Model serving: the vLLM server process manager and blue/green deployments."""

@@ -1,0 +1,94 @@
+"""Machine/environment settings (never part of a recipe, never stored in flow parameters).
+
+Loaded where a task runs from ``POSTTRAIN_*`` variables and an optional ``.env`` file,
+so secrets such as S3 keys stay out of MLflow params, Prefect parameters and logs.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="POSTTRAIN_", env_file=".env", extra="ignore")
+
+    state_dir: Path = Field(Path(".posttrain"), description="holds artifacts, Prefect home, MLflow db")
+    artifact_root: str | None = Field(None, description="local folder or s3://bucket/prefix")
+    mlflow_tracking_uri: str | None = Field(None, description="default: sqlite db in state_dir")
+    device: str = Field("auto", description="auto | cpu | cuda")
+    s3_endpoint_url: str | None = None
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    prefect_api_url: str | None = Field(None, description="use this Prefect server if set")
+    cache_version: str = Field("1", description="bump to invalidate every cached stage")
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir.expanduser().resolve()
+
+    @property
+    def artifact_uri(self) -> str:
+        return self.artifact_root or str(self.state_path / "artifacts")
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.state_path / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_uri(self) -> str:
+        return str(self.state_path / "mlruns")
+
+    def storage_options(self) -> dict:
+        """fsspec options for s3:// URIs (keys are read here, never logged)."""
+        opts: dict = {}
+        if self.s3_endpoint_url:
+            opts["client_kwargs"] = {"endpoint_url": self.s3_endpoint_url}
+        if self.s3_access_key and self.s3_secret_key:
+            opts["key"] = self.s3_access_key.get_secret_value()
+            opts["secret"] = self.s3_secret_key.get_secret_value()
+        return opts
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    get_settings.cache_clear()
+
+
+def configure_process_env(settings: Settings | None = None) -> Settings:
+    """Point Prefect's home/result storage into the state folder before prefect is imported.
+
+    A Prefect database migrated by a newer Prefect cannot be opened by an older one, so
+    each project keeps its own PREFECT_HOME.
+    """
+    s = settings or get_settings()
+    home = s.state_path / "prefect"
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(home))
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(home / "results"))
+    os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if s.prefect_api_url:
+        os.environ.setdefault("PREFECT_API_URL", s.prefect_api_url)
+    # No hub at run time: fail fast with a clear error instead of hanging on retries.
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    return s

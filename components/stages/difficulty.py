@@ -1,0 +1,79 @@
+"""Stage 2: per-prompt difficulty of the base policy, estimated once and reused.
+
+The artifact's cache key covers the dataset digest, the model digest, the sampling
+settings and the reward versions (see ``estimate_key_config``), so another recipe that
+shares those inputs reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from components.difficulty.estimate import EstimateConfig, estimate_difficulty
+from components.difficulty.report import bucket_table, plot_pass_rate_histogram
+from components.engines.base import SamplingParams
+from components.engines.transformers_engine import TransformersEngine
+from components.rewards import get_reward
+from components.rl.trainer import RewardScorer, messages_for
+from components.stages.curate import load_split
+
+MODULES = ("components.difficulty", "components.engines", "components.rewards", "components.stages.difficulty")
+SELECTION_FIELDS = ("selection", "enabled", "batch_prompts")
+
+
+def estimate_key_config(cfg, rows_tasks: set[str] | None = None) -> dict:
+    """Only what changes the estimate enters its key; reward versions are added by task name."""
+    d = cfg.model_dump(mode="json")
+    for f in SELECTION_FIELDS + ("refresh",):
+        d.pop(f, None)
+    tasks = sorted(rows_tasks or {"numeric", "countdown"})
+    d["reward_versions"] = {t: get_reward(t).version for t in tasks}
+    return d
+
+
+def run(cfg, model_dir: Path, dataset_dir: Path, out_dir: Path, ctx, dtype=torch.float32) -> dict[str, float]:
+    from components.models import load_model, load_tokenizer
+
+    rows = load_split(dataset_dir, "train")
+    model = load_model(model_dir, ctx.device, dtype)
+    engine = TransformersEngine(model, load_tokenizer(model_dir), max_batch_sequences=64)
+    scorer = RewardScorer()
+
+    def sample_fn(indices: list[int], n: int, round_index: int) -> list[list[float]]:
+        out: list[list[float]] = []
+        for s in range(0, len(indices), cfg.batch_prompts):
+            part = [rows[i] for i in indices[s : s + cfg.batch_prompts]]
+            params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
+                                    max_new_tokens=cfg.max_new_tokens,
+                                    seed=cfg.seed * 1_000_003 + round_index * 10_007 + s)
+            batch = engine.generate([messages_for(r) for r in part], n, params)
+            out.extend([[scorer(r, smp.text) for smp in g] for r, g in zip(part, batch.groups)])
+        return out
+
+    n_rows = max(1, len(rows))
+
+    def progress(d: dict) -> None:
+        ctx.progress(f"round {d.get('round')}: {d.get('finished')}/{n_rows} prompts settled, "
+                     f"{d.get('samples_used')} samples", float(d.get("finished", 0)) / n_rows)
+
+    est_cfg = EstimateConfig.model_validate(cfg.model_dump(include=set(EstimateConfig.model_fields)))
+    result = estimate_difficulty([r["id"] for r in rows], sample_fn, est_cfg, progress=progress)
+    result.to_parquet(out_dir / "difficulty.parquet")
+    summary = result.summary()
+    (out_dir / "manifest.json").write_text(json.dumps({"rows": len(rows), "summary": summary}, indent=2, default=str))
+    records = result.records
+    plot_pass_rate_histogram(records, out_dir / "pass_rate_histogram.png")
+    table = bucket_table(records)
+    ctx.log_table(table, "bucket_table.json")
+    ctx.log_artifact(out_dir / "pass_rate_histogram.png", None)
+    ctx.extra["bucket_table"] = table
+    return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def load_records(difficulty_dir: Path) -> list:
+    from components.difficulty.estimate import read_parquet
+
+    return list(read_parquet(Path(difficulty_dir) / "difficulty.parquet").records)

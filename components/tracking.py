@@ -1,0 +1,186 @@
+"""The one module that talks to MLflow.
+
+Uses ``MlflowClient`` with explicit run ids rather than the fluent active-run API, because
+Prefect may run tasks in worker threads where a global "active run" would be wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from components.settings import Settings
+
+EXPERIMENT = "posttrain"
+_SECRET_MARKERS = ("secret", "token", "password", "access_key", "api_key")
+
+
+def _client(settings: Settings):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    return MlflowClient(tracking_uri=settings.tracking_uri)
+
+
+class Tracker:
+    """Thin wrapper: parent/child runs, params, metrics, artifacts, registry."""
+
+    def __init__(self, settings: Settings):
+        os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+        self.settings = settings
+        self.client = _client(settings)
+        self.experiment_id = self._experiment()
+
+    def _experiment(self) -> str:
+        exp = self.client.get_experiment_by_name(EXPERIMENT)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(EXPERIMENT, artifact_location=self.settings.mlflow_artifact_uri)
+        except Exception:  # created concurrently by another process
+            return self.client.get_experiment_by_name(EXPERIMENT).experiment_id
+
+    # runs ---------------------------------------------------------------
+    def start_run(self, name: str, parent_id: str | None = None, tags: dict[str, str] | None = None) -> str:
+        t = {"mlflow.runName": name, **(tags or {})}
+        if parent_id:
+            t["mlflow.parentRunId"] = parent_id
+        return self.client.create_run(self.experiment_id, tags=t, run_name=name).info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = {k: v for k, v in flatten(params).items() if not is_secret(k)}
+        batch = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+        for i in range(0, len(batch), 100):
+            self.client.log_batch(run_id, params=batch[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [
+            Metric(k, float(v), ts, step or 0)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+        ]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(run_id, metrics=batch[i : i + 500])
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_table(self, run_id: str, rows: list[dict], name: str) -> None:
+        if rows:
+            import pandas as pd
+
+            self.client.log_table(run_id, data=pd.DataFrame(rows), artifact_file=name)
+
+    def log_dataset(self, run_id: str, parquet_dir: Path, name: str, digest: str, context: str) -> None:
+        """``mlflow.log_input`` equivalent: records the dataset, its digest and schema."""
+        import mlflow.data
+        import pandas as pd
+        from mlflow.entities import DatasetInput, InputTag
+
+        files = sorted(Path(parquet_dir).glob("*.parquet"))
+        df = pd.concat([pd.read_parquet(f) for f in files]) if files else pd.DataFrame()
+        ds = mlflow.data.from_pandas(df, source=str(parquet_dir), name=name, digest=digest[:32])
+        self.client.log_inputs(
+            run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])]
+        )
+
+    def run_url(self, run_id: str) -> str:
+        ui = os.environ.get("POSTTRAIN_MLFLOW_UI_URL", "http://127.0.0.1:5000")
+        return f"{ui}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+    def get_run(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def child_runs(self, parent_id: str) -> list:
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+        )
+
+    def metric_history(self, run_id: str, key: str) -> list[float]:
+        return [m.value for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+    # registry -----------------------------------------------------------
+    def register_model(self, name: str, source_uri: str, run_id: str, tags: dict[str, Any]) -> str:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name, description="posttrain policy models")
+        except MlflowException:
+            pass
+        clean = {k: str(v) for k, v in tags.items() if not is_secret(k)}
+        mv = self.client.create_model_version(name, source=source_uri, run_id=run_id, tags=clean)
+        return str(mv.version)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self.client.delete_registered_model_alias(name, alias)
+
+    def version_by_alias(self, name: str, alias: str):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return None
+
+    def model_version(self, name: str, version: str):
+        return self.client.get_model_version(name, version)
+
+
+def is_secret(key: str) -> bool:
+    k = key.lower()
+    return any(m in k for m in _SECRET_MARKERS)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v, default=str)
+        else:
+            out[key] = v
+    return out
+
+
+def write_temp_json(obj: Any, name: str) -> Path:
+    d = Path(tempfile.mkdtemp(prefix="posttrain-"))
+    p = d / name
+    p.write_text(json.dumps(obj, indent=2, default=str))
+    return p
+
+
+def iter_finite(metrics: dict[str, Any]) -> Iterable[tuple[str, float]]:
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+            yield k, float(v)

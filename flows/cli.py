@@ -1,0 +1,89 @@
+"""``posttrain`` command line: run the pipeline, move registry aliases, serve models."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, help="posttrain: post-training pipeline (Prefect + MLflow)")
+
+
+def _env():
+    from components.settings import configure_process_env
+
+    return configure_process_env()
+
+
+@app.command()
+def run(
+    recipe: str = typer.Option("default", help="built-in recipe name or a YAML path"),
+    set_: list[str] = typer.Option([], "--set", help="override a recipe field: key=value"),
+    stages: Optional[str] = typer.Option(None, help="comma-separated stages to run up to"),
+    summary: Optional[Path] = typer.Option(None, help="write a JSON run summary here"),
+) -> None:
+    """Run the post-training flow on a recipe."""
+    _env()
+    from components.recipe import RecipeError, load_recipe
+
+    try:
+        load_recipe(recipe, set_)  # fail on a bad recipe before any work starts
+    except RecipeError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2)
+    from flows.post_training import post_training
+
+    stage_list = [s.strip() for s in stages.split(",")] if stages else None
+    result = post_training(recipe=recipe, overrides=set_, stages=stage_list)
+    if summary:
+        summary.write_text(json.dumps(result, indent=2, default=str))
+    for name, s in result["stages"].items():
+        typer.echo(f"{name:28s} {'cached' if s['cached'] else 'computed':8s} {s['seconds']:8.1f}s")
+    dep = result["stages"].get("deploy", {}).get("deployment")
+    if dep:
+        typer.echo(f"registered {dep['model_name']} v{dep['version']} ({dep['registered']}); {dep.get('decision', '')}")
+        if dep.get("endpoint"):
+            typer.echo(f"serving at {dep['endpoint']}")
+    typer.echo(f"MLflow run {result['mlflow_run_id']}  Prefect flow run {result['flow_run_id']}")
+
+
+@app.command()
+def promote(version: str, model: str = typer.Option("posttrain-policy", help="registered model name")) -> None:
+    """Make VERSION the champion (the old champion becomes 'previous')."""
+    from components.stages.deploy import promote as do_promote
+    from components.tracking import Tracker
+
+    typer.echo(json.dumps(do_promote(Tracker(_env()), model, version)))
+
+
+@app.command()
+def rollback(model: str = typer.Option("posttrain-policy", help="registered model name")) -> None:
+    """Swap 'champion' back to 'previous'."""
+    from components.stages.deploy import rollback as do_rollback
+    from components.tracking import Tracker
+
+    try:
+        typer.echo(json.dumps(do_rollback(Tracker(_env()), model)))
+    except ValueError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def recipes() -> None:
+    """List the built-in recipes."""
+    from components.recipe import builtin_recipes
+
+    for r in builtin_recipes():
+        typer.echo(r)
+
+
+def main() -> None:
+    app(prog_name="posttrain")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

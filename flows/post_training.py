@@ -1,0 +1,173 @@
+"""The end-to-end flow: prepare_model -> curate -> estimate_difficulty -> rl_train -> compress
+-> evaluate -> deploy. Each stage is a cached task; this module only chains them.
+
+Run it as ``posttrain run --recipe smoke`` or ``python -m flows.post_training --recipe smoke``.
+"""
+
+from __future__ import annotations
+
+from components.settings import configure_process_env
+
+configure_process_env()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+from prefect import flow, get_run_logger  # noqa: E402
+from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
+
+from components.recipe import STAGES, Recipe, load_recipe, stage_config  # noqa: E402
+from components.stages.context import StageResult  # noqa: E402
+from components.summary import build_summary, markdown_summary  # noqa: E402
+from flows.rl_train import rl_train_flow  # noqa: E402
+from tasks import compress as compress_t  # noqa: E402
+from tasks import curate as curate_t  # noqa: E402
+from tasks import deploy as deploy_t  # noqa: E402
+from tasks import difficulty as difficulty_t  # noqa: E402
+from tasks import evaluate as evaluate_t  # noqa: E402
+from tasks import prepare_model as model_t  # noqa: E402
+from tasks.common import run_stage, store, tracker  # noqa: E402
+
+
+def _wanted(stages: list[str] | None) -> int:
+    """Index of the last stage to run: every upstream stage runs too (usually a cache hit)."""
+    if not stages:
+        return len(STAGES) - 1
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ValueError(f"unknown stage(s) {bad}; allowed: {list(STAGES)}")
+    return max(STAGES.index(s) for s in stages)
+
+
+def _champion(rec: Recipe, candidates: dict) -> tuple:
+    """The registry's champion: (ref, None), or (None, name) when it is one of this run's
+    candidates (same payload digest), or (None, None) when there is none or it is unreachable."""
+    from components.artifacts import ArtifactRef
+
+    mv = tracker().version_by_alias(rec.deploy.registered_model_name, "champion")
+    if mv is None:
+        return None, None
+    for name, ref in candidates.items():
+        if mv.tags.get("model_sha256") == ref.sha256:
+            return None, name
+    ref = ArtifactRef(uri=mv.source, sha256=mv.tags.get("source_sha256", ""), kind="model")
+    try:
+        store().local_path(ref)
+    except (FileNotFoundError, IOError):
+        return None, None
+    return ref, None
+
+
+@flow(name="post-training", log_prints=True)
+def post_training(recipe: str = "smoke", overrides: list[str] | None = None,
+                  stages: list[str] | None = None) -> dict:
+    """Base model + prompts -> curated data, difficulty, GRPO, compression, gated deployment."""
+    t_start = time.perf_counter()
+    rec = load_recipe(recipe, overrides or [])
+    last = _wanted(stages)
+    log = get_run_logger()
+    trk = tracker()
+    fr_id = str(flow_run.get_id() or "local")
+    parent = trk.start_run(f"{rec.name}-{flow_run.get_name() or 'run'}", tags={
+        "prefect.flow_run_id": fr_id, "recipe": rec.name, "recipe_digest": rec.digest()})
+    trk.log_params(parent, {"recipe": rec.model_dump(mode="json")})
+    try:
+        create_link_artifact(link=trk.run_url(parent), link_text="MLflow run", key="mlflow-run",
+                             description="MLflow parent run of this flow run")
+    except Exception:
+        pass
+    results: dict[str, StageResult] = {}
+    cached: dict[str, bool] = {}
+
+    def stage(name: str, task_fn, key: str, refresh: bool, **kw) -> StageResult:
+        res, hit = run_stage(task_fn, stage=name, key=key, parent_run_id=parent, refresh=refresh, **kw)
+        results[name], cached[name] = res, hit
+        log.info("%s: %s in %.1fs", name, "cache hit" if hit else "computed", res.seconds)
+        return res
+
+    status = "FAILED"
+    try:
+        m = stage("prepare_model", model_t.prepare_model_task, model_t.key_for(rec.model), rec.model.refresh,
+                  cfg=rec.model.model_dump(mode="json"))
+        model = m.outputs["model"]
+        d = stage("curate", curate_t.curate_task, curate_t.key_for(rec.curate, model), rec.curate.refresh,
+                  cfg=stage_config(rec, "curate"), model=model)
+        dataset = d.outputs["dataset"]
+        difficulty = None
+        if last >= 1 and rec.estimate_difficulty.enabled:
+            e = stage("estimate_difficulty", difficulty_t.difficulty_task,
+                      difficulty_t.key_for(rec.estimate_difficulty, model, dataset),
+                      rec.estimate_difficulty.refresh, cfg=rec.estimate_difficulty.model_dump(mode="json"),
+                      model=model, dataset=dataset)
+            difficulty = e.outputs["difficulty"]
+        if last >= 2:
+            r = rl_train_flow(cfg=stage_config(rec, "rl_train"),
+                              selection=rec.estimate_difficulty.selection.model_dump(mode="json"),
+                              model=model, dataset=dataset, difficulty=difficulty, parent_run_id=parent,
+                              refresh=rec.rl_train.refresh)
+            results["rl_train"], cached["rl_train"] = r, bool(r.info.get("cached"))
+            checkpoint = r.outputs["checkpoint"]
+            candidates = {"base": model, "rl": checkpoint}
+            if last >= 3:
+                for v in rec.compress.variants:
+                    c = stage(f"compress:{v.name}", compress_t.compress_task,
+                              compress_t.key_for(v, rec.compress.calibration_samples,
+                                                 rec.compress.calibration_seq_len, checkpoint, dataset),
+                              rec.compress.refresh, run_name=f"compress-{v.name}",
+                              variant=v.model_dump(mode="json"), calib_n=rec.compress.calibration_samples,
+                              seq_len=rec.compress.calibration_seq_len, checkpoint=checkpoint, dataset=dataset)
+                    candidates[v.name] = c.outputs["compressed"]
+            if last >= 4:
+                champ, champ_is = _champion(rec, candidates)
+                # A champion that is one of this run's candidates adds no new evidence, so it
+                # does not change evaluate's key (the rerun of an unchanged recipe is a cache hit).
+                champ_key = champ.sha256 if champ else None
+                ev = stage("evaluate", evaluate_t.evaluate_task,
+                           evaluate_t.key_for(rec.evaluate, dataset, candidates, champ_key),
+                           rec.evaluate.refresh, cfg=stage_config(rec, "evaluate"), dataset=dataset,
+                           candidates=candidates, champion=champ, champion_is=champ_is)
+                if last >= 5:
+                    lineage = {
+                        "recipe": rec.name, "recipe_digest": rec.digest(), "dataset_sha256": dataset.sha256,
+                        "difficulty_sha256": difficulty.sha256 if difficulty else "",
+                        "rl_checkpoint_sha256": checkpoint.sha256, "base_model_sha256": model.sha256,
+                        **{f"eval.{k}": round(v, 4) for k, v in ev.metrics.items() if not k.startswith("champion.")},
+                    }
+                    stage("deploy", deploy_t.deploy_task,
+                          deploy_t.key_for(rec.deploy, ev.outputs["evaluation"], candidates, lineage),
+                          rec.deploy.refresh, cfg=stage_config(rec, "deploy"), evaluation=ev.outputs["evaluation"],
+                          candidates=candidates, lineage=lineage,
+                          run_lineage={"prefect_flow_run_id": fr_id, "mlflow_parent_run_id": parent})
+        status = "FINISHED"
+    finally:
+        summary = build_summary(fr_id, parent, results, cached, time.perf_counter() - t_start)
+        trk.log_metrics(parent, {"flow_seconds": summary["seconds"],
+                                 **{f"{k}.seconds": v["seconds"] for k, v in summary["stages"].items()}})
+        trk.log_text(parent, json.dumps(summary, indent=2, default=str), "summary.json")
+        trk.end_run(parent, status)
+        try:
+            create_markdown_artifact(markdown=markdown_summary(summary, trk.run_url(parent)), key="run-summary",
+                                     description="posttrain run summary")
+        except Exception:
+            pass
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m flows.post_training")
+    p.add_argument("--recipe", default="smoke")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--stages", default=None)
+    p.add_argument("--summary", default=None)
+    a = p.parse_args(argv)
+    s = post_training(recipe=a.recipe, overrides=a.overrides, stages=a.stages.split(",") if a.stages else None)
+    if a.summary:
+        with open(a.summary, "w") as f:
+            json.dump(s, f, indent=2, default=str)
+    print(json.dumps({k: s[k] for k in ("flow_run_id", "mlflow_run_id")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Subflow: RL training as a chain of cached segments.
+
+Each segment's input is the previous segment's checkpoint digest, so a killed run started
+again skips the finished segments (cache hits) and continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from components.artifacts import ArtifactRef
+from components.stages.context import StageResult
+from components.stages.rl import segments
+from tasks.common import tracker, was_cached
+from tasks.rl import replay_history, rl_segment_task, segment_key
+
+
+@flow(name="rl-train", log_prints=True)
+def rl_train_flow(cfg: dict, selection: dict, model: ArtifactRef, dataset: ArtifactRef,
+                  difficulty: ArtifactRef | None, parent_run_id: str, refresh: bool = False) -> StageResult:
+    from components.difficulty.selection import SelectionConfig
+    from components.recipe import RLConfig
+
+    c, sel = RLConfig.model_validate(cfg), SelectionConfig.model_validate(selection)
+    trk = tracker()
+    run_id = trk.start_run("rl_train", parent_run_id, tags={"stage": "rl_train"})
+    trk.log_params(run_id, {**cfg, "selection": selection})
+    prev: ArtifactRef | None = None
+    all_cached = True
+    seconds = 0.0
+    metrics: dict[str, float] = {}
+    keys = []
+    try:
+        for start, end in segments(c):
+            key = segment_key(c, sel, start, end, model, dataset, difficulty, prev)
+            keys.append(key)
+            fn = rl_segment_task.with_options(refresh_cache=True) if refresh else rl_segment_task
+            state = fn(key=key, run_id=run_id, cfg=cfg, selection=selection, start=start, end=end, model=model,
+                       dataset=dataset, difficulty=difficulty, prev=prev, return_state=True)
+            res: StageResult = state.result()
+            prev = res.outputs["checkpoint"]
+            if was_cached(state):
+                replay_history(run_id, prev, start, end)
+            else:
+                all_cached = False
+                seconds += res.seconds
+            metrics = res.metrics
+    except BaseException:
+        trk.end_run(run_id, "FAILED")
+        raise
+    if prev is None:
+        raise ValueError("rl_train.steps is 0: nothing to train")
+    trk.set_tags(run_id, {"cache_hit": str(all_cached).lower(), "segments": len(keys)})
+    trk.log_metrics(run_id, {f"final.{k}": v for k, v in metrics.items()})
+    trk.end_run(run_id)
+    return StageResult(stage="rl_train", key=keys[-1], outputs={"checkpoint": prev}, metrics=metrics,
+                       seconds=seconds, info={"cached": all_cached, "mlflow_run_id": run_id, "segments": keys})

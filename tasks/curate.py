@@ -1,0 +1,22 @@
+"""Task: curate the data pool into train/eval Parquet with a manifest and card."""
+
+from __future__ import annotations
+
+from components.artifacts import ArtifactRef
+from components.stages import curate as stage
+from tasks.common import execute, make_key, stage_task, store
+
+
+def key_for(cfg, model: ArtifactRef) -> str:
+    # The tokenizer (length filter) is the only part of the model curation depends on,
+    # but the model digest is a safe, simple stand-in.
+    return make_key("curate", cfg.model_dump(mode="json", exclude={"refresh"}), {"model": model}, stage.MODULES)
+
+
+@stage_task("curate")
+def curate_task(key: str, run_id: str, cfg: dict, model: ArtifactRef):
+    from components.data.config import CurateConfig
+
+    c = CurateConfig.model_validate(cfg)
+    model_dir = store().local_path(model)
+    return execute("curate", key, run_id, cfg, "dataset", lambda out, ctx: stage.run(c, model_dir, out, ctx))

@@ -1,0 +1,27 @@
+"""Task: prepare the base model checkpoint (the embedded SmolLM2 conversion runs once)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.artifacts import sha256_dir
+from components.stages import prepare_model as stage
+from tasks.common import execute, make_key, stage_task
+
+
+def key_for(cfg) -> str:
+    conf = cfg.model_dump(mode="json", exclude={"refresh"})
+    upstream = {}
+    src = Path(cfg.source).expanduser()
+    if src.exists():  # a local folder: its content is an input
+        upstream["source"] = sha256_dir(src)
+    return make_key("prepare_model", conf, upstream, stage.MODULES)
+
+
+@stage_task("prepare_model")
+def prepare_model_task(key: str, run_id: str, cfg: dict):
+    from components.recipe import ModelConfig
+
+    c = ModelConfig.model_validate(cfg)
+    return execute("prepare_model", key, run_id, cfg, "model",
+                   lambda out, ctx: stage.run(c, out, ctx), meta={"source": c.source})

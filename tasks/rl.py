@@ -1,0 +1,50 @@
+"""Tasks: RL training as a chain of cached segments (each resumes from the previous one)."""
+
+from __future__ import annotations
+
+from components.artifacts import ArtifactRef
+from components.stages import rl as stage
+from tasks.common import execute, make_key, stage_task, store
+
+
+def segment_key(cfg, selection, start: int, end: int, model: ArtifactRef, dataset: ArtifactRef,
+                difficulty: ArtifactRef | None, prev: ArtifactRef | None) -> str:
+    conf = {"rl": cfg.model_dump(mode="json", exclude={"refresh"}),
+            "selection": selection.model_dump(mode="json"), "segment": [start, end]}
+    return make_key("rl_segment", conf, {"model": model, "dataset": dataset, "difficulty": difficulty,
+                                         "prev": prev}, stage.MODULES)
+
+
+@stage_task("rl_segment")
+def rl_segment_task(key: str, run_id: str, cfg: dict, selection: dict, start: int, end: int,
+                    model: ArtifactRef, dataset: ArtifactRef, difficulty: ArtifactRef | None,
+                    prev: ArtifactRef | None):
+    from components.difficulty.selection import SelectionConfig
+    from components.recipe import RLConfig
+
+    c, sel = RLConfig.model_validate(cfg), SelectionConfig.model_validate(selection)
+    st = store()
+    paths = {n: (st.local_path(r) if r is not None else None)
+             for n, r in {"model": model, "dataset": dataset, "difficulty": difficulty, "prev": prev}.items()}
+    conf = {"segment_start": start, "segment_end": end}
+    return execute(
+        "rl_train", key, run_id, conf, "checkpoint",
+        lambda out, ctx: stage.run(c, sel, paths["model"], paths["dataset"], paths["difficulty"], paths["prev"],
+                                   start, end, out, ctx),
+        meta={"step": end}, log_summary=False,
+    )
+
+
+def replay_history(run_id: str, checkpoint: ArtifactRef, start: int, end: int) -> None:
+    """A cached segment's per-step metrics, logged again so the reward curve is whole."""
+    import json
+
+    from tasks.common import tracker
+
+    trk = tracker()
+    path = store().local_path(checkpoint) / "metrics.jsonl"
+    for line in path.read_text().splitlines():
+        h = json.loads(line)
+        if start <= h["step"] < end:
+            step = h.pop("step")
+            trk.log_metrics(run_id, h, step)

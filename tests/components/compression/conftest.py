@@ -1,0 +1,20 @@
+"""Fixtures for the compression tests; the helpers live in ``compression_fixtures`` (a uniquely
+named module, since several test folders have a ``conftest``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from compression_fixtures import make_batches, tiny_llama
+
+
+@pytest.fixture
+def model() -> LlamaForCausalLM:
+    return tiny_llama()
+
+
+@pytest.fixture
+def batches() -> list[dict[str, torch.Tensor]]:
+    return make_batches()

@@ -1,0 +1,83 @@
+"""The smoke recipe end to end under ``prefect_test_harness``: all stages run, a second run is
+all cache hits, and changing only a compress option recomputes compress/evaluate/deploy only."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def flow_env(tmp_path_factory):
+    state = tmp_path_factory.mktemp("state")
+    old = dict(os.environ)
+    os.environ["POSTTRAIN_STATE_DIR"] = str(state)
+    for k in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "PREFECT_API_URL"):
+        os.environ.pop(k, None)
+    from components.settings import configure_process_env, reset_settings
+
+    reset_settings()
+    configure_process_env()
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield state
+    os.environ.clear()
+    os.environ.update(old)
+    reset_settings()
+
+
+STAGES = ["prepare_model", "curate", "estimate_difficulty", "rl_train", "compress:rtn-w8",
+          "compress:magnitude-2:4", "evaluate", "deploy"]
+
+
+def test_smoke_flow_runs_then_caches(flow_env):
+    from components.settings import get_settings
+    from components.tracking import Tracker
+    from flows.post_training import post_training
+
+    first = post_training(recipe="smoke")
+    assert list(first["stages"]) == STAGES
+    assert not any(s["cached"] for s in first["stages"].values())
+    for name, s in first["stages"].items():
+        for ref in s["outputs"].values():
+            assert len(ref["sha256"]) == 64 and ref["uri"]
+    assert first["stages"]["curate"]["metrics"]["rows_out"] > 0
+    assert first["stages"]["deploy"]["metrics"]["registered"] == 1.0
+
+    second = post_training(recipe="smoke")
+    assert all(s["cached"] for s in second["stages"].values()), str({k: v["cached"] for k, v in second["stages"].items()})
+    first_time = sum(s["seconds"] for s in first["stages"].values())
+    second_time = sum(s["seconds"] for s in second["stages"].values())
+    assert second_time <= first_time / 10
+    for name in STAGES:
+        assert second["stages"][name]["outputs"] == first["stages"][name]["outputs"]
+
+    # MLflow: a parent run with one child per stage, cache-hit tags on the second run.
+    trk = Tracker(get_settings())
+    children = trk.child_runs(second["mlflow_run_id"])
+    assert {c.data.tags["mlflow.runName"] for c in children} >= {"prepare_model", "curate", "estimate_difficulty",
+                                                                 "rl_train", "evaluate", "deploy"}
+    assert all(c.data.tags.get("cache_hit") == "true" for c in children)
+    rl_run = next(c for c in trk.child_runs(first["mlflow_run_id"]) if c.data.tags["mlflow.runName"] == "rl_train")
+    assert len(trk.metric_history(rl_run.info.run_id, "reward_mean")) == 4  # one point per RL step
+
+    # Changing one compress option recomputes that variant, evaluate and deploy, nothing upstream.
+    third = post_training(recipe="smoke", overrides=["compress.variants=[rtn-w4g32, magnitude-2:4]"])
+    cached = {k: v["cached"] for k, v in third["stages"].items()}
+    assert cached == {"prepare_model": True, "curate": True, "estimate_difficulty": True, "rl_train": True,
+                      "compress:rtn-w4g32": False, "compress:magnitude-2:4": True, "evaluate": False,
+                      "deploy": False}
+
+
+def test_stage_subset_and_bad_stage(flow_env):
+    from flows.post_training import post_training
+
+    s = post_training(recipe="smoke", stages=["curate"])
+    assert list(s["stages"]) == ["prepare_model", "curate"]
+    for key in ("rows_in", "rows_out", "exact_duplicates", "near_duplicates", "malformed", "unverifiable",
+                "contaminated", "too_long", "eval_rows"):
+        assert key in s["stages"]["curate"]["metrics"]
+    with pytest.raises(Exception, match="unknown stage"):
+        post_training(recipe="smoke", stages=["nope"])

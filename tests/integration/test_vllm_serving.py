@@ -1,0 +1,142 @@
+"""VLLMServer and BlueGreenDeployer against real vLLM servers serving tiny random Llamas.
+
+Server starts cost about a minute each on 2 cores, so one test walks a deployment's whole life:
+v1 up, a client through the ``openai`` package, v2 rolled out under load with zero failed
+requests, a broken v3 rejected while v2 keeps answering, then stop.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from components.engines.base import SamplingParams
+from components.engines.vllm_engine import VLLMEngine
+from components.serving.bluegreen import BlueGreenDeployer, DeployError
+from components.serving.vllm_server import (
+    ServerError,
+    VLLMEnvMissing,
+    VLLMServer,
+    VLLMServerConfig,
+    pid_alive,
+)
+
+CHAT = [{"role": "user", "content": "Say hi."}]
+
+
+def test_missing_env_names_make_vllm(tmp_path: Path) -> None:
+    """Needs no vLLM: a missing environment is an error that says how to create it."""
+    (tmp_path / "model").mkdir()
+    server = VLLMServer(tmp_path / "model", VLLMServerConfig(venv=tmp_path / "no-venv"))
+    with pytest.raises(VLLMEnvMissing, match="make vllm"):
+        server.start()
+
+
+def test_command_binds_configured_host_only(tmp_path: Path) -> None:
+    """Needs no vLLM: the launch line carries host, port and the dev-mode switch as configured."""
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").touch()
+    cfg = VLLMServerConfig(venv=tmp_path / "venv", port=8123, dev_mode=True, served_model_name="m")
+    server = VLLMServer(tmp_path, cfg)
+    cmd = server.command()
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--port") + 1] == "8123"
+    assert server._env()["VLLM_SERVER_DEV_MODE"] == "1"
+    assert server.base_url == "http://127.0.0.1:8123"
+
+
+class Poller(threading.Thread):
+    """A client that keeps asking whatever deployment the state file names (bounded)."""
+
+    def __init__(self, deployer: BlueGreenDeployer, name: str, max_requests: int = 2000, max_s: float = 400):
+        super().__init__(daemon=True)
+        self.deployer, self.name = deployer, name
+        self.max_requests, self.max_s = max_requests, max_s
+        self.stop_event = threading.Event()
+        self.ok: list[str] = []  # model_version that answered each request
+        self.failed: list[str] = []
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        while not self.stop_event.is_set() and len(self.ok) + len(self.failed) < self.max_requests:
+            if time.monotonic() - t0 > self.max_s:
+                break
+            dep = self.deployer.current(self.name)
+            try:
+                client = OpenAI(base_url=dep.endpoint, api_key="EMPTY", max_retries=0, timeout=60)
+                r = client.chat.completions.create(model=self.name, messages=CHAT, max_tokens=4, temperature=0)
+                assert r.choices[0].message.content is not None
+                self.ok.append(dep.model_version)
+            except Exception as exc:  # noqa: BLE001 - every failure is what the test counts
+                self.failed.append(f"{dep.model_version if dep else None}: {exc!r}")
+            time.sleep(0.1)
+
+
+@pytest.mark.vllm
+def test_blue_green_lifecycle(vllm_venv, tiny_models, make_server_cfg, tmp_path: Path) -> None:
+    state = tmp_path / "deploy" / "state.json"
+    deployer = BlueGreenDeployer(state, make_server_cfg(), smoke_max_tokens=8, drain_s=1.0)
+    try:
+        d1 = deployer.deploy(tiny_models["v1"], "v1", name="tiny")
+        assert d1.endpoint == f"http://127.0.0.1:{d1.port}/v1"
+        assert 0 < d1.smoke_completion_tokens <= 8 and d1.smoke_latency_s > 0 and d1.smoke_tokens_per_s > 0
+        assert json.loads(state.read_text())["deployments"]["tiny"]["model_version"] == "v1"
+        assert [d.model_version for d in deployer.list()] == ["v1"]
+
+        client = OpenAI(base_url=d1.endpoint, api_key="EMPTY", max_retries=0)
+        r = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=6, temperature=0)
+        assert r.usage.completion_tokens <= 6 and isinstance(r.choices[0].message.content, str)
+
+        poller = Poller(deployer, "tiny")
+        poller.start()
+        d2 = deployer.deploy(tiny_models["v2"], "v2", name="tiny")
+        n_at_switch = len(poller.ok)
+        deadline = time.monotonic() + 60
+        while len(poller.ok) < n_at_switch + 5 and time.monotonic() < deadline and poller.is_alive():
+            time.sleep(0.2)
+        poller.stop_event.set()
+        poller.join(timeout=120)
+
+        assert poller.failed == []
+        assert "v1" in poller.ok and poller.ok[-1] == "v2"
+        assert d2.port != d1.port and d2.color != d1.color
+        assert not pid_alive(d1.pid) and pid_alive(d2.pid)
+        models = httpx.get(f"{d2.endpoint}/models").json()["data"]
+        assert {m["id"] for m in models} == {"tiny", "tiny:v2"}
+        assert [d.model_version for d in deployer.list()] == ["v2"]
+
+        # The rollout engine can also use a server it did not start; that server has no
+        # dev-mode routes (404), and the engine cannot restart it, so it says so.
+        eng = VLLMEngine(d2.model_dir, base_url=d2.endpoint)
+        assert eng.served_model_name == "tiny"
+        batch = eng.generate([CHAT], n=2, params=SamplingParams(max_new_tokens=4, seed=1))
+        assert [len(s.token_ids) == len(s.logprobs) for s in batch.groups[0]] == [True, True]
+        with pytest.raises(ServerError, match="did not start"):
+            eng.update_weights(tiny_models["v1"], version=1)
+        eng.close()
+        assert pid_alive(d2.pid)
+
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "config.json").write_text("{ this is not json")
+        with pytest.raises(DeployError, match="v2 still serving") as err:
+            deployer.deploy(broken, "v3", name="tiny")
+        assert "exited with code" in str(err.value)  # the server's own failure, with its log tail
+        assert deployer.current("tiny") == d2
+        r = OpenAI(base_url=d2.endpoint, api_key="EMPTY", max_retries=0).chat.completions.create(
+            model="tiny", messages=CHAT, max_tokens=4, temperature=0
+        )
+        assert r.choices[0].finish_reason in ("stop", "length")
+
+        stopped = deployer.stop("tiny")
+        assert stopped is not None and stopped.pid == d2.pid
+        assert not pid_alive(d2.pid) and deployer.list() == []
+    finally:
+        deployer.stop_all()
