@@ -117,7 +117,12 @@ class ArtifactStore:
         if got != ref.sha256:
             shutil.rmtree(tmp, ignore_errors=True)
             raise IOError(f"artifact {ref.uri} digest mismatch: expected {ref.sha256}, got {got}")
-        tmp.rename(target)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished the same download first
+            if not target.exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
         return target
 
 

@@ -73,6 +73,39 @@ def rollback(model: str = typer.Option("posttrain-policy", help="registered mode
 
 
 @app.command()
+def serve(
+    alias: str = typer.Option("champion", help="registry alias to serve"),
+    model: str = typer.Option("posttrain-policy", help="registered model name"),
+    port: int = typer.Option(8100, help="first of the two blue/green ports (127.0.0.1)"),
+) -> None:
+    """Serve a registry model with vLLM (blue/green: the old server stops only after the new one answers)."""
+    from components.artifacts import ArtifactRef
+    from components.recipe import DeployConfig
+    from components.stages.deploy import serve as do_serve
+    from components.tracking import Tracker
+    from tasks.common import store
+
+    settings = _env()
+    mv = Tracker(settings).version_by_alias(model, alias)
+    if mv is None:
+        typer.echo(f"model {model} has no version with alias {alias!r}", err=True)
+        raise typer.Exit(1)
+    path = store().local_path(ArtifactRef(uri=mv.source, sha256=mv.tags.get("source_sha256", ""), kind="model"))
+    info = do_serve(DeployConfig(registered_model_name=model, port=port), settings.state_path, path, str(mv.version), model)
+    typer.echo(json.dumps(info, indent=2))
+
+
+@app.command()
+def deployments() -> None:
+    """List the vLLM servers started by posttrain and whether they are alive."""
+    from components.serving.bluegreen import BlueGreenDeployer
+
+    settings = _env()
+    for d in BlueGreenDeployer(settings.state_path / "deployments.json").list():
+        typer.echo(f"{d.name:20s} v{d.model_version:5s} {d.endpoint:32s} pid {d.pid} ({d.color})")
+
+
+@app.command()
 def recipes() -> None:
     """List the built-in recipes."""
     from components.recipe import builtin_recipes

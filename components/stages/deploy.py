@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from components.artifacts import sha256_dir
+from components.stages.evaluate import serving_folder
+
 MODULES = ("components.stages.deploy", "components.tracking", "components.serving")
 
 
@@ -36,6 +39,22 @@ def rollback(tracker, name: str) -> dict:
     return {"champion": str(prev.version), "previous": str(cur.version) if cur else None}
 
 
+def serve(cfg, state_dir: Path, model_dir: Path, version: str, name: str) -> dict:
+    """Blue/green: the new server must pass its health check and a smoke request before the
+    old one stops. Registration has already happened when this runs, so a missing vLLM
+    environment fails here with the command that creates it."""
+    from components.serving.bluegreen import BlueGreenDeployer
+    from components.serving.vllm_server import VLLMServerConfig
+
+    deployer = BlueGreenDeployer(state_dir / "deployments.json",
+                                 server_cfg=VLLMServerConfig(served_model_name=name),
+                                 ports=(cfg.port, cfg.port + 1))
+    dep = deployer.deploy(model_dir, version, name=name)
+    return {"endpoint": dep.endpoint, "served_model_name": dep.served_model_name, "pid": dep.pid,
+            "startup_s": dep.startup_s, "smoke_latency_s": dep.smoke_latency_s,
+            "smoke_tokens_per_s": dep.smoke_tokens_per_s}
+
+
 def run(cfg, chosen: str | None, candidate_refs: dict, lineage: dict, decision: dict, run_id: str,
         out_dir: Path, ctx) -> dict[str, float]:
     tracker = ctx.tracker
@@ -48,13 +67,9 @@ def run(cfg, chosen: str | None, candidate_refs: dict, lineage: dict, decision: 
         target = "rl" if "rl" in candidate_refs else next(iter(candidate_refs))
     ref = candidate_refs[target]
     tags = {**lineage, "candidate_name": target, "model_sha256": ref["sha256"], "gate": decision.get("summary", "")[:4000]}
-    from components.stages.evaluate import serving_folder
-
     local = Path(ctx.extra["local_paths"][target])
     sub = serving_folder(local).relative_to(local).as_posix()
     source = ref["uri"] if sub == "." else f"{ref['uri'].rstrip('/')}/{sub}"
-    from components.artifacts import sha256_dir
-
     tags["source_sha256"] = sha256_dir(serving_folder(local))
     version = tracker.register_model(name, source, run_id, tags)
     tracker.set_alias(name, "candidate", version)
@@ -64,12 +79,15 @@ def run(cfg, chosen: str | None, candidate_refs: dict, lineage: dict, decision: 
     if chosen is not None:
         record["aliases"] = promote(tracker, name, version)
         metrics["promoted"] = 1.0
-    if cfg.serve and chosen is not None:
-        from components.serving.bluegreen import BlueGreenDeployer
+        from components.serving.manifests import vllm_manifests
 
-        dep = BlueGreenDeployer.from_settings(ctx.extra["state_dir"]).deploy(serving_folder(local), version)
-        record["endpoint"] = dep.endpoint
-        metrics.update({k: float(v) for k, v in dep.metrics().items()})
+        # Generated per promotion so an operator can `kubectl apply -f` it elsewhere.
+        (out_dir / "k8s-vllm.yaml").write_text(vllm_manifests(name, version, source))
+        ctx.log_artifact(out_dir / "k8s-vllm.yaml", None)
+    (out_dir / "deployment.json").write_text(json.dumps(record, indent=2, default=str))
+    if cfg.serve and chosen is not None:
+        record.update(serve(cfg, Path(ctx.extra["state_dir"]), serving_folder(local), version, name))
+        metrics.update({k: float(record[k]) for k in ("startup_s", "smoke_latency_s", "smoke_tokens_per_s")})
     (out_dir / "deployment.json").write_text(json.dumps(record, indent=2, default=str))
     ctx.extra["deployment"] = record
     return metrics
