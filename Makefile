@@ -33,8 +33,15 @@ vllm:
 test-vllm: setup vllm
 	$(BIN)/python -m pytest -q -m vllm tests/integration $(PYTEST_ARGS)
 
+# Benchmarks report ratios against a baseline measured in the same run; results go to
+# tests/bench/results/*.json (the README's performance table quotes them).
 bench: setup
-	$(BIN)/python -m tests.bench.run_all
+	$(BIN)/python tests/bench/bench_curation.py --out tests/bench/results/curation.json
+	$(BIN)/python tests/bench/bench_logprobs.py --out tests/bench/results/logprobs.json
+	$(BIN)/python tests/bench/bench_rollouts.py --out tests/bench/results/rollouts.json
+
+ui: setup
+	$(BIN)/posttrain ui
 
 clean:
 	rm -rf .posttrain

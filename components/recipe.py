@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.compression.config import VariantConfig, parse_variant
 from components.data.config import CurateConfig
@@ -22,7 +22,9 @@ from components.difficulty.estimate import EstimateConfig
 from components.difficulty.selection import SelectionConfig
 from components.evaluation.gate import GateConfig
 from components.evaluation.runner import EvalConfig
+from components.rl.length import LengthScheduleConfig
 from components.rl.losses import LossConfig
+from components.rl.partial import PartialRolloutConfig
 
 STAGES = ("curate", "estimate_difficulty", "rl_train", "compress", "evaluate", "deploy")
 
@@ -80,6 +82,13 @@ class LoRAConfig(_Strict):
     )
 
 
+class OverlongConfig(_Strict):
+    """DAPO soft overlong punishment: 0 up to max_len - buffer_len, then down to -penalty."""
+
+    buffer_len: int = Field(4, ge=1)
+    penalty: float = Field(1.0, ge=0)
+
+
 class RLConfig(_Strict):
     """GRPO-family training settings."""
 
@@ -90,6 +99,10 @@ class RLConfig(_Strict):
     temperature: float = Field(1.0, gt=0)
     top_p: float = 1.0
     max_new_tokens: int = Field(32, ge=1)
+    length_schedule: LengthScheduleConfig | None = Field(
+        None, description="max-new-tokens per step (constant/linear/cyclic); None = max_new_tokens")
+    overlong: OverlongConfig | None = None
+    partial: PartialRolloutConfig = Field(default_factory=PartialRolloutConfig)
     lr: float = 1e-5
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -110,6 +123,15 @@ class RLConfig(_Strict):
     lora: LoRAConfig | None = None
     seed: int = 0
     refresh: bool = False
+
+    @model_validator(mode="after")
+    def _partial_needs_tis(self) -> "RLConfig":
+        # Carried-over prefixes were sampled by an older policy; with one epoch the old
+        # log-probs equal the current ones, so TIS against the engine log-probs is the only
+        # staleness correction.
+        if self.partial.enabled and self.loss.tis_cap is None:
+            raise ValueError("partial.enabled needs loss.tis_cap (importance correction for stale tokens)")
+        return self
 
 
 class CompressConfig(_Strict):

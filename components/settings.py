@@ -61,6 +61,16 @@ class Settings(BaseSettings):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as r:  # noqa: S310 (loopback)
+            return r.status == 200
+    except Exception:
+        return False
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
@@ -85,8 +95,11 @@ def configure_process_env(settings: Settings | None = None) -> Settings:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    if s.prefect_api_url:
-        os.environ.setdefault("PREFECT_API_URL", s.prefect_api_url)
+    api = s.prefect_api_url or "http://127.0.0.1:4200/api"
+    if "PREFECT_API_URL" not in os.environ and _answers(api.rstrip("/") + "/health"):
+        # A Prefect server (``posttrain ui``) is up: runs show live in its UI.
+        os.environ["PREFECT_API_URL"] = api
+    os.environ.setdefault("POSTTRAIN_MLFLOW_UI_URL", "http://127.0.0.1:5000")
     # No hub at run time: fail fast with a clear error instead of hanging on retries.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

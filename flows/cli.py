@@ -106,6 +106,27 @@ def deployments() -> None:
 
 
 @app.command()
+def ui(
+    prefect_port: int = typer.Option(4200), mlflow_port: int = typer.Option(5000),
+) -> None:
+    """Start the Prefect and MLflow UIs on 127.0.0.1 (state-folder databases); Ctrl-C stops both."""
+    import time
+
+    from components.ui import start_uis, stop_uis
+
+    settings = _env()
+    procs = start_uis(settings, prefect_port=prefect_port, mlflow_port=mlflow_port)
+    typer.echo(f"Prefect UI: http://127.0.0.1:{prefect_port}\nMLflow UI:  http://127.0.0.1:{mlflow_port}\nCtrl-C stops both.")
+    try:
+        while all(p.poll() is None for p in procs.values()):
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_uis(procs)
+
+
+@app.command()
 def recipes() -> None:
     """List the built-in recipes."""
     from components.recipe import builtin_recipes

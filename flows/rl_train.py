@@ -27,6 +27,7 @@ def rl_train_flow(cfg: dict, selection: dict, model: ArtifactRef, dataset: Artif
     trk.log_params(run_id, {**cfg, "selection": selection})
     prev: ArtifactRef | None = None
     all_cached = True
+    n_cached = 0
     seconds = 0.0
     metrics: dict[str, float] = {}
     keys = []
@@ -40,6 +41,7 @@ def rl_train_flow(cfg: dict, selection: dict, model: ArtifactRef, dataset: Artif
             res: StageResult = state.result()
             prev = res.outputs["checkpoint"]
             if was_cached(state):
+                n_cached += 1
                 replay_history(run_id, prev, start, end)
             else:
                 all_cached = False
@@ -53,5 +55,6 @@ def rl_train_flow(cfg: dict, selection: dict, model: ArtifactRef, dataset: Artif
     trk.set_tags(run_id, {"cache_hit": str(all_cached).lower(), "segments": len(keys)})
     trk.log_metrics(run_id, {f"final.{k}": v for k, v in metrics.items()})
     trk.end_run(run_id)
+    metrics = {**metrics, "segments": float(len(keys)), "segments_cached": float(n_cached)}
     return StageResult(stage="rl_train", key=keys[-1], outputs={"checkpoint": prev}, metrics=metrics,
                        seconds=seconds, info={"cached": all_cached, "mlflow_run_id": run_id, "segments": keys})

@@ -10,6 +10,7 @@ uninterrupted one on CPU.
 from __future__ import annotations
 
 import json
+import math
 import resource
 import time
 from pathlib import Path
@@ -23,7 +24,9 @@ from components.engines.transformers_engine import TransformersEngine
 from components.rewards import get_reward
 from components.rl.advantages import batch_normalize, group_advantages, zero_variance_groups
 from components.rl.batch import build_batch, response_logprobs
+from components.rl.length import max_new_tokens_at, overlong_penalty
 from components.rl.losses import policy_loss
+from components.rl.partial import RolloutBuffer, generate_with_partial
 from components.rl.rollouts import write_rollouts
 
 MetricsFn = Callable[[dict[str, float], int], None]
@@ -160,6 +163,9 @@ def run_segment(
         history = [json.loads(l) for l in (init_checkpoint / "metrics.jsonl").read_text().splitlines() if l]
         if state["step"] != start_step:
             raise ValueError(f"checkpoint is at step {state['step']}, segment starts at {start_step}")
+    buffer = RolloutBuffer(cfg.partial.max_buffer)
+    if init_checkpoint and (init_checkpoint / "partial_buffer.json").exists():
+        buffer.load_state_dict(json.loads((init_checkpoint / "partial_buffer.json").read_text()))
     ref_model = None
     if cfg.loss.kl_coef > 0:
         ref_model = load_model(base_model_dir, device, dtype).eval()
@@ -171,7 +177,7 @@ def run_segment(
     rollout_dir = out_dir / "rollouts"
     rollout_dir.mkdir(parents=True, exist_ok=True)
     for step in range(start_step, end_step):
-        m = train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg, step, rollout_dir)
+        m = train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg, step, rollout_dir, buffer)
         m["lr"] = sched.get_last_lr()[0]
         sched.step()
         m["peak_rss_mb"] = _peak_rss_mb()
@@ -186,6 +192,7 @@ def run_segment(
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": end_step},
                out_dir / "trainer_state.pt")
     (out_dir / "tracker.json").write_text(json.dumps(tracker.state_dict()))
+    (out_dir / "partial_buffer.json").write_text(json.dumps(buffer.state_dict()))
     (out_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     if history:
         last = history[-1]
@@ -209,9 +216,27 @@ def update_sparsity(model, base_model_dir: Path, device: str, dtype) -> float:
     return same / max(1, total)
 
 
-def train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg, step, rollout_dir) -> dict:
+def _generate_partial(engine, sampler, scorer, tracker, cfg, step, params, buffer):
+    """APRIL: over-provision, stop at the target number of complete groups, buffer the rest."""
+    want = math.ceil(cfg.prompts_per_step * cfg.partial.over_provision)
+    held = buffer.row_ids()
+    skip = {i for i, r in enumerate(sampler.rows) if str(r["id"]) in held}
+    rows = [sampler.rows[i] for i in sampler.sample(step, want, 0, skip)]
+    groups, stats = generate_with_partial(engine, rows, cfg.group_size, params, cfg.prompts_per_step, buffer,
+                                          engine.policy_version, messages_for, cfg.partial)
+    ts = time.perf_counter()
+    rewards = [[scorer(g.row, s.text) for s in g.samples] for g in groups]
+    score_s = time.perf_counter() - ts
+    tracker.update([g.row["id"] for g in groups for _ in g.samples], [x for r in rewards for x in r])
+    triples = [(g.row, g.prompt_token_ids, g.samples) for g in groups]
+    return triples, rewards, stats, score_s
+
+
+def train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg, step, rollout_dir,
+               buffer: RolloutBuffer | None = None) -> dict:
     t0 = time.perf_counter()
-    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+    budget = max_new_tokens_at(step, cfg.length_schedule) if cfg.length_schedule else cfg.max_new_tokens
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=budget,
                             seed=cfg.seed * 100003 + step)
     chosen: list[int] = []
     groups = []
@@ -221,7 +246,15 @@ def train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg
     zero_var_seen = 0
     groups_seen = 0
     exclude: set[int] = set()
-    for attempt in range(1 + (cfg.max_refill_rounds if cfg.dynamic_sampling else 0)):
+    extra: dict[str, float] = {}
+    rounds = 0 if (cfg.partial.enabled and buffer is not None) else 1 + (cfg.max_refill_rounds if cfg.dynamic_sampling else 0)
+    if rounds == 0:
+        groups, rewards_all, extra, score_s = _generate_partial(engine, sampler, scorer, tracker, cfg, step,
+                                                                params, buffer)
+        gen_s, gen_tokens = extra.get("partial/seconds", 0.0), int(extra.get("partial/tokens_generated", 0))
+        zv = zero_variance_groups(torch.tensor(rewards_all)).tolist() if rewards_all else []
+        zero_var_seen, groups_seen = sum(zv), len(zv)
+    for attempt in range(rounds):
         need = cfg.prompts_per_step - len(chosen)
         if need <= 0:
             break
@@ -248,8 +281,15 @@ def train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg
             chosen.append(i)
             groups.append((r, batch.prompt_token_ids[g[0].prompt_index], g))
             rewards_all.append(rr)
+    if not groups:
+        raise RuntimeError(f"step {step}: no complete groups were generated")
     rewards = torch.tensor(rewards_all, dtype=torch.float32)
-    adv = group_advantages(rewards, cfg.advantage, cfg.std_normalize)
+    shaped = rewards
+    if cfg.overlong is not None:
+        pen = torch.tensor([overlong_penalty([s.num_tokens for s in g], budget, cfg.overlong.buffer_len,
+                                             cfg.overlong.penalty) for _, _, g in groups], dtype=torch.float32)
+        shaped = rewards + pen
+    adv = group_advantages(shaped, cfg.advantage, cfg.std_normalize)
     if cfg.batch_normalize:
         adv = batch_normalize(adv)
     prompts, responses, elps, vers, advs = [], [], [], [], []
@@ -339,5 +379,9 @@ def train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg
     }
     for k, v in stats.items():
         metrics[k] = float(np.mean(v))
+    metrics["max_new_tokens"] = float(budget)
+    metrics["stale_token_frac"] = float((tb.versions < engine.policy_version).float().mul(tb.resp_mask).sum()
+                                        / tb.resp_mask.sum().clamp(min=1))
+    metrics.update({k: float(v) for k, v in extra.items() if isinstance(v, (int, float))})
     engine.policy_version = step + 1
     return metrics

@@ -95,3 +95,27 @@ def test_dynamic_sampling_refills_zero_variance_groups(tiny_model_dir, tmp_path)
     m = logged[0]
     assert m["zero_variance_frac"] == 1.0
     assert m["groups_sampled"] == 6  # 2 prompts x (1 + 2 refill rounds)
+
+
+def test_partial_rollouts_length_schedule_and_overlong(tiny_model_dir, tmp_path, parity_reward):
+    """Partial rollouts carry a buffer through the checkpoint; the schedule sets the budget."""
+    logged = []
+    cfg = _cfg(steps=2, epochs=1, partial={"enabled": True, "over_provision": 2.0, "chunk_tokens": 2},
+               length_schedule={"kind": "linear", "start": 2, "end": 4, "period": 1},
+               overlong={"buffer_len": 1, "penalty": 0.5})
+    a = tmp_path / "a"
+    run_segment(base_model_dir=tiny_model_dir, init_checkpoint=None, rows=ROWS, weights=None, difficulty=None,
+                cfg=cfg, start_step=0, end_step=1, out_dir=a, log_metrics=lambda m, s: logged.append(m))
+    run_segment(base_model_dir=tiny_model_dir, init_checkpoint=a, rows=ROWS, weights=None, difficulty=None,
+                cfg=cfg, start_step=1, end_step=2, out_dir=tmp_path / "b", log_metrics=lambda m, s: logged.append(m))
+    assert [m["max_new_tokens"] for m in logged] == [2.0, 4.0]  # linear 2 -> 4 over one step
+    assert all(m["partial/complete_groups"] == cfg.prompts_per_step for m in logged)
+    # Over-provisioning 2x asks for 4 prompts while 2 complete groups are the target: what was
+    # not used is in the checkpoint's buffer, and the next segment starts from it.
+    state = json.loads((a / "partial_buffer.json").read_text())
+    assert len(state["groups"]) == logged[0]["partial/buffered_groups"] > 0
+
+
+def test_partial_without_tis_is_refused():
+    with pytest.raises(ValueError, match="tis_cap"):
+        _cfg(partial={"enabled": True}, loss={"tis_cap": None})

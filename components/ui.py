@@ -1,0 +1,83 @@
+"""Start the Prefect and MLflow UIs on 127.0.0.1 with their databases in the state folder.
+
+``posttrain run`` uses a Prefect server that answers at the configured URL; otherwise it falls
+back to Prefect's ephemeral mode on the same database, so runs show up in the UI either way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from components.settings import Settings
+
+PREFECT_PORT = 4200
+MLFLOW_PORT = 5000
+
+
+def answers(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback only)
+            return r.status < 500
+    except Exception:
+        return False
+
+
+def server_commands(settings: Settings, host: str = "127.0.0.1", prefect_port: int = PREFECT_PORT,
+                    mlflow_port: int = MLFLOW_PORT) -> dict[str, list[str]]:
+    bindir = Path(sys.executable).parent
+    state = settings.state_path
+    return {
+        "prefect": [str(bindir / "prefect"), "server", "start", "--host", host, "--port", str(prefect_port)],
+        "mlflow": [str(bindir / "mlflow"), "server", "--backend-store-uri", settings.tracking_uri,
+                   "--default-artifact-root", str(state / "mlruns"), "--host", host, "--port", str(mlflow_port),
+                   "--workers", "1"],
+    }
+
+
+def start_uis(settings: Settings, host: str = "127.0.0.1", prefect_port: int = PREFECT_PORT,
+              mlflow_port: int = MLFLOW_PORT, wait_s: float = 120.0) -> dict[str, subprocess.Popen]:
+    env = dict(os.environ)
+    env["PREFECT_HOME"] = str(settings.state_path / "prefect")
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env.pop("PREFECT_API_URL", None)
+    logs = settings.state_path / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = {}
+    for name, cmd in server_commands(settings, host, prefect_port, mlflow_port).items():
+        log = open(logs / f"{name}-ui.log", "ab")
+        procs[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    urls = {"prefect": f"http://{host}:{prefect_port}/api/health", "mlflow": f"http://{host}:{mlflow_port}/health"}
+    deadline = time.time() + wait_s
+    pending = set(urls)
+    while pending and time.time() < deadline:
+        for n in list(pending):
+            if procs[n].poll() is not None:
+                stop_uis(procs)
+                raise RuntimeError(f"{n} server exited; see {logs / (n + '-ui.log')}")
+            if answers(urls[n]):
+                pending.discard(n)
+        time.sleep(1.0)
+    if pending:
+        stop_uis(procs)
+        raise RuntimeError(f"{sorted(pending)} did not answer within {wait_s:.0f}s; logs in {logs}")
+    return procs
+
+
+def stop_uis(procs: dict[str, subprocess.Popen]) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for p in procs.values():
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
