@@ -120,7 +120,7 @@ class RLConfig(_Strict):
     tracker_decay: float = 0.9
     logprob_chunk_size: int = 1024
     gradient_checkpointing: bool = False
-    lora: LoRAConfig | None = None
+    lora: LoRAConfig | None = Field(None, description="train LoRA adapters (peft) instead of all weights")
     seed: int = 0
     refresh: bool = False
 

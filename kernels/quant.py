@@ -22,15 +22,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-try:  # triton is only present on GPU installs
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
-    tl = None
-    HAS_TRITON = False
+from kernels._triton import HAS_TRITON, tl, triton  # noqa: F401
 
 Impl = Literal["auto", "reference", "torch", "triton"]
 

@@ -15,15 +15,7 @@ from typing import Literal
 
 import torch
 
-try:  # triton is only present on GPU installs
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
-    tl = None
-    HAS_TRITON = False
+from kernels._triton import HAS_TRITON, tl, triton  # noqa: F401
 
 Impl = Literal["auto", "reference", "torch", "triton"]
 

@@ -103,18 +103,8 @@ def dir_size_bytes(path: str | Path) -> int:
     return total
 
 
-@torch.inference_mode()
 def perplexity(model: nn.Module, batches: list[Batch]) -> float:
     """exp(mean next-token NLL) over the non-padding tokens of ``batches``."""
-    dev = next(model.parameters()).device
-    nll_sum, count = 0.0, 0
-    for b in batches:
-        ids = b["input_ids"].to(dev)
-        mask = b.get("attention_mask")
-        mask = torch.ones_like(ids) if mask is None else mask.to(dev)
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-        valid = (mask[:, 1:] * mask[:, :-1]).bool()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        nll_sum += float(nll[valid].sum())
-        count += int(valid.sum())
-    return math.exp(nll_sum / max(count, 1))
+    from components.compression.mixed import mean_loss
+
+    return math.exp(mean_loss(model, batches))

@@ -145,13 +145,13 @@ def run_segment(
     if cfg.loss.variant == "drgrpo" and cfg.loss.drgrpo_norm_len is None:
         # Dr. GRPO needs a constant normaliser; the generation budget is the natural one.
         cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"drgrpo_norm_len": cfg.max_new_tokens})})
-    src = init_checkpoint / "model" if init_checkpoint else base_model_dir
-    model = load_model(src, device, dtype)
+    model = _build_policy(cfg, base_model_dir, init_checkpoint, device, dtype)
     tok = load_tokenizer(base_model_dir)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps))
     tracker = _make_tracker(difficulty, cfg.tracker_decay)
     history: list[dict] = []
@@ -187,6 +187,11 @@ def run_segment(
         if progress:
             progress(f"step {step + 1}/{cfg.steps} reward {m['reward_mean']:.3f}", (step + 1 - start_step) / max(1, end_step - start_step))
     summary: dict[str, float] = {}
+    if cfg.lora is not None:
+        # The adapter (and optimiser state over it) is what the next segment resumes from;
+        # downstream stages get plain merged weights they can load without peft.
+        model.save_pretrained(out_dir / "adapter")
+        model = model.merge_and_unload()
     model.save_pretrained(out_dir / "model")
     tok.save_pretrained(out_dir / "model")
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": end_step},
@@ -199,6 +204,23 @@ def run_segment(
         summary = {k: v for k, v in last.items() if isinstance(v, (int, float))}
     summary["update_sparsity"] = update_sparsity(model, base_model_dir, device, dtype)
     return summary
+
+
+def _build_policy(cfg, base_model_dir: Path, init_checkpoint: Path | None, device: str, dtype):
+    """Full-parameter policy, or a peft LoRA wrapper around the frozen base model."""
+    from components.models import load_model
+
+    if cfg.lora is None:
+        return load_model(init_checkpoint / "model" if init_checkpoint else base_model_dir, device, dtype)
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base = load_model(base_model_dir, device, dtype)
+    if init_checkpoint is not None:
+        return PeftModel.from_pretrained(base, init_checkpoint / "adapter", is_trainable=True)
+    torch.manual_seed(cfg.seed)  # LoRA A matrices are randomly initialised
+    lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(base, lcfg)
 
 
 def update_sparsity(model, base_model_dir: Path, device: str, dtype) -> float:

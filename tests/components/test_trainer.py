@@ -119,3 +119,20 @@ def test_partial_rollouts_length_schedule_and_overlong(tiny_model_dir, tmp_path,
 def test_partial_without_tis_is_refused():
     with pytest.raises(ValueError, match="tis_cap"):
         _cfg(partial={"enabled": True}, loss={"tis_cap": None})
+
+
+def test_lora_segments_resume_exactly_and_export_merged_weights(tiny_model_dir, tmp_path, parity_reward):
+    cfg = _cfg(lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}, lr=5e-2)
+    full, a, b = tmp_path / "full", tmp_path / "a", tmp_path / "b"
+    kw = dict(base_model_dir=tiny_model_dir, rows=ROWS, weights=None, difficulty=None, cfg=cfg)
+    run_segment(init_checkpoint=None, start_step=0, end_step=2, out_dir=full, **kw)
+    run_segment(init_checkpoint=None, start_step=0, end_step=1, out_dir=a, **kw)
+    run_segment(init_checkpoint=a, start_step=1, end_step=2, out_dir=b, **kw)
+    assert (a / "adapter" / "adapter_config.json").exists()
+    wf, wb = _weights(full), _weights(b)
+    assert all(torch.equal(wf[k], wb[k]) for k in wf)
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    changed = {k for k in wf if k in base and not torch.equal(wf[k], base[k])}
+    # Only the LoRA-targeted projections moved; the merged checkpoint has plain weight names.
+    assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)
+    assert not any("lora" in k for k in wf)
