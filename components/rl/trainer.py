@@ -137,8 +137,11 @@ def run_segment(
     dtype: torch.dtype = torch.float32,
     log_metrics: MetricsFn | None = None,
     progress: ProgressFn | None = None,
+    log_table: Callable[[list[dict], str], None] | None = None,
 ) -> dict[str, float]:
-    """Run steps ``[start_step, end_step)`` and write a checkpoint to ``out_dir``."""
+    """Run steps ``[start_step, end_step)`` and write a checkpoint to ``out_dir``.
+
+    ``log_table`` receives a sample of the segment's last rollouts (a table in MLflow)."""
     from components.models import load_model, load_tokenizer
 
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -187,6 +190,11 @@ def run_segment(
         if progress:
             progress(f"step {step + 1}/{cfg.steps} reward {m['reward_mean']:.3f}", (step + 1 - start_step) / max(1, end_step - start_step))
     summary: dict[str, float] = {}
+    if log_table is not None and end_step > start_step:
+        import pyarrow.parquet as pq
+
+        last = pq.read_table(rollout_dir / f"step-{end_step - 1:05d}.parquet").to_pylist()
+        log_table(last[:64], f"rollouts/step-{end_step - 1:05d}.json")
     if cfg.lora is not None:
         # The adapter (and optimiser state over it) is what the next segment resumes from;
         # downstream stages get plain merged weights they can load without peft.

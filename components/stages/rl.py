@@ -41,4 +41,5 @@ def run(cfg, selection, model_dir: Path, dataset_dir: Path, difficulty_dir: Path
         base_model_dir=model_dir, init_checkpoint=prev_checkpoint, rows=pool, weights=weights,
         difficulty=records, cfg=cfg, start_step=start, end_step=end, out_dir=out_dir,
         device=ctx.device, dtype=dtype, log_metrics=ctx.log_metrics, progress=ctx.progress,
+        log_table=ctx.log_table,
     ) | {"pool_size": float(len(pool))}

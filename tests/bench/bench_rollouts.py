@@ -132,6 +132,8 @@ def main() -> None:
     ap.add_argument("--max-buffer", type=int, default=256)
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    ap.add_argument("--decode-only", action="store_true",
+                    help="only the engine's decode throughput by batch size (for real models on CPU)")
     args = ap.parse_args()
 
     tmp = None
@@ -149,6 +151,16 @@ def main() -> None:
     loop_ids = [i for i in (vocab // 2, vocab // 2 + 1) if i != eos]
     rows = [{"id": f"p{i}", "prompt": f"What is {i % 10} + {i // 10}?"} for i in range(100)]
 
+    if args.decode_only:
+        eng.generate([msgs(rows[0])], 2, SamplingParams(max_new_tokens=4, seed=0))  # warm-up
+        dec = decode_throughput(eng, rows, args)
+        print(f"model {args.model}  threads {torch.get_num_threads()}\n| batch | tokens | s | tokens/s |\n|---|---|---|---|")
+        for d in dec:
+            print(f"| {d['batch']} | {d['tokens']} | {d['seconds']:.2f} | {d['tokens_per_s']:.1f} |")
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"model": str(args.model), "decode": dec}, indent=2))
+        return
     handle = long_tail_hook(model, eos, loop_ids, vocab)
     eng.generate([msgs(rows[0])], 2, SamplingParams(max_new_tokens=4, seed=0))  # warm-up
     sync = run_sync(eng, rows, args)

@@ -66,9 +66,12 @@ def test_step_metrics_and_rollouts(tiny_model_dir, tmp_path, parity_reward):
     logged = []
     cfg = _cfg(steps=1, loss={"variant": "dapo", "clip_high": 0.28, "kl_coef": 0.1, "entropy_coef": 0.01})
     out = tmp_path / "o"
+    tables = []
     summary = run_segment(base_model_dir=tiny_model_dir, init_checkpoint=None, rows=ROWS, weights=None,
                           difficulty=None, cfg=cfg, start_step=0, end_step=1, out_dir=out,
-                          log_metrics=lambda m, s: logged.append((s, m)))
+                          log_metrics=lambda m, s: logged.append((s, m)),
+                          log_table=lambda rows, name: tables.append((name, rows)))
+    assert tables[0][0] == "rollouts/step-00000.json" and len(tables[0][1]) == 6
     step, m = logged[0]
     assert step == 0
     for k in ("reward_mean", "reward_std", "pass_rate", "response_len_mean", "truncated_frac", "clip_frac",
