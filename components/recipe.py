@@ -117,6 +117,8 @@ class RLConfig(_Strict):
     dynamic_sampling: bool = False
     max_refill_rounds: int = 2
     sampler: Literal["uniform", "thompson"] = "uniform"
+    rollout_allocation: Literal["uniform", "dars"] = Field(
+        "uniform", description="dars: split prompts_per_step*group_size rollouts by the online posterior")
     tracker_decay: float = 0.9
     logprob_chunk_size: int = 1024
     gradient_checkpointing: bool = False

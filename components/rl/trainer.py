@@ -246,6 +246,35 @@ def update_sparsity(model, base_model_dir: Path, device: str, dtype) -> float:
     return same / max(1, total)
 
 
+def _group_sizes(rows: list[dict], cfg, tracker) -> list[int]:
+    """Rollouts per prompt: a constant group size, or DARS allocation of the same total budget
+    towards hard-but-solvable prompts (by the online posterior)."""
+    if cfg.rollout_allocation != "dars":
+        return [cfg.group_size] * len(rows)
+    from components.difficulty.online import allocate_rollouts
+
+    return allocate_rollouts([tracker.posterior(r["id"]) for r in rows], total=len(rows) * cfg.group_size,
+                             min_per_prompt=2, max_per_prompt=2 * cfg.group_size)
+
+
+def _generate_groups(engine, rows: list[dict], sizes: list[int], params: SamplingParams):
+    """One generate call per distinct group size; returns groups, prompt ids, seconds, tokens."""
+    by_n: dict[int, list[int]] = {}
+    for k, n in enumerate(sizes):
+        by_n.setdefault(n, []).append(k)
+    groups: list = [None] * len(rows)
+    pids: list = [None] * len(rows)
+    secs, toks = 0.0, 0
+    for n, members in sorted(by_n.items()):
+        p = params if len(by_n) == 1 else params.model_copy(update={"seed": params.seed + 31 * n})
+        b = engine.generate([messages_for(rows[k]) for k in members], n, p)
+        for j, k in enumerate(members):
+            groups[k], pids[k] = b.groups[j], b.prompt_token_ids[j]
+        secs += b.seconds
+        toks += b.generated_tokens
+    return groups, pids, secs, toks
+
+
 def _generate_partial(engine, sampler, scorer, tracker, cfg, step, params, buffer):
     """APRIL: over-provision, stop at the target number of complete groups, buffer the rest."""
     want = math.ceil(cfg.prompts_per_step * cfg.partial.over_provision)
@@ -282,7 +311,7 @@ def train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg
         groups, rewards_all, extra, score_s = _generate_partial(engine, sampler, scorer, tracker, cfg, step,
                                                                 params, buffer)
         gen_s, gen_tokens = extra.get("partial/seconds", 0.0), int(extra.get("partial/tokens_generated", 0))
-        zv = zero_variance_groups(torch.tensor(rewards_all)).tolist() if rewards_all else []
+        zv = [bool(zero_variance_groups(torch.tensor([g]))[0]) for g in rewards_all]
         zero_var_seen, groups_seen = sum(zv), len(zv)
     for attempt in range(rounds):
         need = cfg.prompts_per_step - len(chosen)
@@ -294,34 +323,40 @@ def train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg
         exclude.update(idx)
         rows = [sampler.rows[i] for i in idx]
         params_a = params.model_copy(update={"seed": params.seed + 7919 * attempt})
-        batch = engine.generate([messages_for(r) for r in rows], cfg.group_size, params_a)
-        gen_s += batch.seconds
-        gen_tokens += batch.generated_tokens
+        sizes = _group_sizes(rows, cfg, tracker)
+        keep = [k for k, n in enumerate(sizes) if n > 0]
+        idx, rows, sizes = [idx[k] for k in keep], [rows[k] for k in keep], [sizes[k] for k in keep]
+        gen_groups, gen_pids, secs, toks = _generate_groups(engine, rows, sizes, params_a)
+        gen_s += secs
+        gen_tokens += toks
         ts = time.perf_counter()
-        rw = [[scorer(r, s.text) for s in g] for r, g in zip(rows, batch.groups)]
+        rw = [[scorer(r, s.text) for s in g] for r, g in zip(rows, gen_groups)]
         score_s += time.perf_counter() - ts
-        tracker.update([r["id"] for r in rows for _ in range(cfg.group_size)], [x for g in rw for x in g])
-        zv = zero_variance_groups(torch.tensor(rw)).tolist()
+        tracker.update([r["id"] for r, g in zip(rows, gen_groups) for _ in g], [x for g in rw for x in g])
+        zv = [bool(zero_variance_groups(torch.tensor([g]))[0]) for g in rw]
         zero_var_seen += sum(zv)
         groups_seen += len(zv)
         last_round = attempt == (cfg.max_refill_rounds if cfg.dynamic_sampling else 0)
-        for i, r, g, rr, z in zip(idx, rows, batch.groups, rw, zv):
+        for i, r, g, pids, rr, z in zip(idx, rows, gen_groups, gen_pids, rw, zv):
             if cfg.dynamic_sampling and z and not last_round:
                 continue
             chosen.append(i)
-            groups.append((r, batch.prompt_token_ids[g[0].prompt_index], g))
+            groups.append((r, pids, g))
             rewards_all.append(rr)
     if not groups:
         raise RuntimeError(f"step {step}: no complete groups were generated")
-    rewards = torch.tensor(rewards_all, dtype=torch.float32)
-    shaped = rewards
+    # Groups may differ in size (DARS allocation), so advantages are computed group by group.
+    shaped = [list(r) for r in rewards_all]
     if cfg.overlong is not None:
-        pen = torch.tensor([overlong_penalty([s.num_tokens for s in g], budget, cfg.overlong.buffer_len,
-                                             cfg.overlong.penalty) for _, _, g in groups], dtype=torch.float32)
-        shaped = rewards + pen
-    adv = group_advantages(shaped, cfg.advantage, cfg.std_normalize)
+        for k, (_, _, g) in enumerate(groups):
+            pen = overlong_penalty([s.num_tokens for s in g], budget, cfg.overlong.buffer_len, cfg.overlong.penalty)
+            shaped[k] = [a + b for a, b in zip(shaped[k], pen)]
+    adv = [group_advantages(torch.tensor([r], dtype=torch.float32), cfg.advantage, cfg.std_normalize)[0]
+           for r in shaped]
     if cfg.batch_normalize:
-        adv = batch_normalize(adv)
+        flat_adv = batch_normalize(torch.cat(adv)[None, :])[0]
+        adv = list(torch.split(flat_adv, [len(r) for r in shaped]))
+    rewards = torch.tensor([x for r in rewards_all for x in r], dtype=torch.float32)
     prompts, responses, elps, vers, advs = [], [], [], [], []
     for (row, pids, g), a in zip(groups, adv):
         for s, ai in zip(g, a.tolist()):
@@ -387,7 +422,7 @@ def train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg
     upd_s = time.perf_counter() - tu
     lengths = [s.num_tokens for _, _, g in groups for s in g]
     truncated = [s.finish_reason == "length" for _, _, g in groups for s in g]
-    flat_r = rewards.flatten()
+    flat_r = rewards
     metrics = {
         "reward_mean": float(flat_r.mean()),
         "reward_std": float(flat_r.std(unbiased=False)),

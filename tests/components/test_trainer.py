@@ -139,3 +139,30 @@ def test_lora_segments_resume_exactly_and_export_merged_weights(tiny_model_dir, 
     # Only the LoRA-targeted projections moved; the merged checkpoint has plain weight names.
     assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)
     assert not any("lora" in k for k in wf)
+
+
+def test_dars_allocation_keeps_the_budget_and_favours_hard_prompts():
+    from components.difficulty.online import OnlineTracker
+    from components.rl.trainer import _group_sizes
+
+    cfg = _cfg(group_size=4, rollout_allocation="dars")
+    tracker = OnlineTracker()
+    rows = ROWS[:3]
+    # p0 always solved, p1 solved 1 in 8 (hard but solvable), p2 half the time.
+    tracker.update(["p0"] * 8 + ["p1"] * 8 + ["p2"] * 8, [1.0] * 8 + [1.0] + [0.0] * 7 + [1.0, 0.0] * 4)
+    sizes = _group_sizes(rows, cfg, tracker)
+    assert sum(sizes) == len(rows) * cfg.group_size
+    assert all(2 <= n <= 8 for n in sizes)
+    assert sizes[1] > sizes[0]
+    assert _group_sizes(rows, _cfg(group_size=4), tracker) == [4, 4, 4]
+
+
+def test_dars_segment_runs_with_variable_groups(tiny_model_dir, tmp_path, parity_reward):
+    import pyarrow.parquet as pq
+
+    cfg = _cfg(steps=1, rollout_allocation="dars", prompts_per_step=3, group_size=4)
+    out = tmp_path / "d"
+    run_segment(base_model_dir=tiny_model_dir, init_checkpoint=None, rows=ROWS, weights=None, difficulty=None,
+                cfg=cfg, start_step=0, end_step=1, out_dir=out)
+    t = pq.read_table(out / "rollouts" / "step-00000.parquet").to_pylist()
+    assert len(t) == 12  # the budget prompts_per_step * group_size is spent exactly

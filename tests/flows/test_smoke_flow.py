@@ -81,3 +81,20 @@ def test_stage_subset_and_bad_stage(flow_env):
         assert key in s["stages"]["curate"]["metrics"]
     with pytest.raises(Exception, match="unknown stage"):
         post_training(recipe="smoke", stages=["nope"])
+
+
+def test_difficulty_estimate_is_reused_across_recipes_and_keyed_on_sampling(flow_env):
+    from flows.post_training import post_training
+
+    first = post_training(recipe="smoke", stages=["estimate_difficulty"])
+    # Another recipe that shares data, model and sampling settings (only the selection policy and
+    # the RL settings differ) reuses the estimate.
+    other = post_training(recipe="smoke", stages=["estimate_difficulty"],
+                          overrides=["estimate_difficulty.selection.keep_unsolved_fraction=0.5", "rl_train.steps=2"])
+    assert other["stages"]["estimate_difficulty"]["cached"] is True
+    assert other["stages"]["estimate_difficulty"]["outputs"] == first["stages"]["estimate_difficulty"]["outputs"]
+    hotter = post_training(recipe="smoke", stages=["estimate_difficulty"],
+                           overrides=["estimate_difficulty.temperature=0.7"])
+    assert hotter["stages"]["estimate_difficulty"]["cached"] is False
+    m = first["stages"]["estimate_difficulty"]["metrics"]
+    assert m["samples_used"] + m["samples_saved"] == m["samples_fixed_k"]
