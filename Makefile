@@ -35,7 +35,7 @@ test-vllm: setup vllm
 
 # Benchmarks report ratios against a baseline measured in the same run; results go to
 # tests/bench/results/*.json (the README's performance table quotes them).
-bench: setup
+bench: setup  # engine bench on a real model: tests/bench/bench_rollouts.py --model DIR --decode-only
 	$(BIN)/python tests/bench/bench_curation.py --out tests/bench/results/curation.json
 	$(BIN)/python tests/bench/bench_logprobs.py --out tests/bench/results/logprobs.json
 	$(BIN)/python tests/bench/bench_rollouts.py --out tests/bench/results/rollouts.json
