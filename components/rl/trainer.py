@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import resource
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,13 +22,13 @@ import numpy as np
 import torch
 
 from components.engines.base import SamplingParams
-from components.engines.transformers_engine import TransformersEngine
 from components.rewards import get_reward
 from components.rl.advantages import batch_normalize, group_advantages, zero_variance_groups
 from components.rl.batch import build_batch, response_logprobs
 from components.rl.length import max_new_tokens_at, overlong_penalty
 from components.rl.losses import policy_loss
 from components.rl.partial import RolloutBuffer, generate_with_partial
+from components.rl.rollout_engine import start_engine, sync_weights
 from components.rl.rollouts import write_rollouts
 
 MetricsFn = Callable[[dict[str, float], int], None]
@@ -138,10 +140,13 @@ def run_segment(
     log_metrics: MetricsFn | None = None,
     progress: ProgressFn | None = None,
     log_table: Callable[[list[dict], str], None] | None = None,
+    engine_factory: Callable[..., object] | None = None,
 ) -> dict[str, float]:
     """Run steps ``[start_step, end_step)`` and write a checkpoint to ``out_dir``.
 
-    ``log_table`` receives a sample of the segment's last rollouts (a table in MLflow)."""
+    ``log_table`` receives a sample of the segment's last rollouts (a table in MLflow).
+    ``engine_factory`` (default ``rollout_engine.start_engine``, same arguments) makes the rollout
+    engine; the segment closes it at its end or on an error, which stops a vLLM server."""
     from components.models import load_model, load_tokenizer
 
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -174,21 +179,33 @@ def run_segment(
         ref_model = load_model(base_model_dir, device, dtype).eval()
         for p in ref_model.parameters():
             p.requires_grad_(False)
-    engine = TransformersEngine(model, tok, max_batch_sequences=64, policy_version=start_step)
     sampler = PromptSampler(rows, weights, cfg.sampler, tracker, cfg.seed)
     scorer = RewardScorer()
     rollout_dir = out_dir / "rollouts"
     rollout_dir.mkdir(parents=True, exist_ok=True)
-    for step in range(start_step, end_step):
-        m = train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg, step, rollout_dir, buffer)
-        m["lr"] = sched.get_last_lr()[0]
-        sched.step()
-        m["peak_rss_mb"] = _peak_rss_mb()
-        history.append({"step": step, **m})
-        if log_metrics:
-            log_metrics(m, step)
-        if progress:
-            progress(f"step {step + 1}/{cfg.steps} reward {m['reward_mean']:.3f}", (step + 1 - start_step) / max(1, end_step - start_step))
+    # Exported policy weights and server logs of a vLLM engine: scratch, never part of the checkpoint.
+    engine_dir = Path(tempfile.mkdtemp(prefix="posttrain-rollout-engine-"))
+    try:
+        engine = (engine_factory or start_engine)(cfg, model, tok, base_model_dir, start_step, dtype, engine_dir)
+        try:
+            for step in range(start_step, end_step):
+                m = train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg, step,
+                               rollout_dir, buffer)
+                if step + 1 < end_step:  # the segment's engine stops after its last step
+                    m.update(sync_weights(engine, model, step + 1, base_model_dir, engine_dir))
+                m["lr"] = sched.get_last_lr()[0]
+                sched.step()
+                m["peak_rss_mb"] = _peak_rss_mb()
+                history.append({"step": step, **m})
+                if log_metrics:
+                    log_metrics(m, step)
+                if progress:
+                    progress(f"step {step + 1}/{cfg.steps} reward {m['reward_mean']:.3f}",
+                             (step + 1 - start_step) / max(1, end_step - start_step))
+        finally:
+            engine.close()
+    finally:
+        shutil.rmtree(engine_dir, ignore_errors=True)
     summary: dict[str, float] = {}
     if log_table is not None and end_step > start_step:
         import pyarrow.parquet as pq
@@ -414,8 +431,9 @@ def train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg
                     stats.setdefault(k, []).append(v)
                 stats.setdefault("loss", []).append(float(loss.detach()))
                 # Engine vs trainer log-probs of the same (pre-update) policy.
-                mism = ((part.engine_logp.to(dev) - old).abs() * mask).sum() / mask.sum().clamp(min=1)
-                stats.setdefault("logprob_mismatch", []).append(float(mism))
+                gap = (part.engine_logp.to(dev) - old).abs() * mask
+                stats.setdefault("logprob_mismatch", []).append(float(gap.sum() / mask.sum().clamp(min=1)))
+                stats.setdefault("logprob_mismatch_max", []).append(float(gap.max()) if gap.numel() else 0.0)
             gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             grad_norms.append(float(gn))
             opt.step()
@@ -443,7 +461,7 @@ def train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg
         "reward_errors": float(sum(scorer.errors.values())),
     }
     for k, v in stats.items():
-        metrics[k] = float(np.mean(v))
+        metrics[k] = float(np.max(v) if k.endswith("_max") else np.mean(v))
     metrics["max_new_tokens"] = float(budget)
     metrics["stale_token_frac"] = float((tb.versions < engine.policy_version).float().mul(tb.resp_mask).sum()
                                         / tb.resp_mask.sum().clamp(min=1))

@@ -79,6 +79,32 @@ class VLLMServerConfig(BaseModel):
     startup_timeout_s: float = Field(300.0, gt=0.0)
 
 
+class VLLMOptions(BaseModel):
+    """The part of a server's launch that a recipe decides (sizes, precision, start-up), as
+    opposed to where things are on this machine (environment, ports, log folder)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0.0, le=1.0, description="GPU memory share (on CPU: share of RAM) for weights + KV cache"
+    )
+    kv_cache_memory_bytes: int | None = Field(
+        None, ge=1, description="fixed KV-cache size; bypasses the free-memory check (small models, tests)"
+    )
+    max_model_len: int = Field(1024, ge=16, description="longest prompt + completion in tokens")
+    max_num_seqs: int | None = Field(None, ge=1, description="sequences per scheduler step; None = vLLM's default")
+    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (auto picks bfloat16 on CPU)")
+    enforce_eager: bool = Field(True, description="no CUDA graphs / torch.compile: faster start")
+    inproc_worker: bool = Field(False, description="model worker inside the engine-core process (tiny models)")
+    startup_timeout_s: float = Field(300.0, gt=0.0)
+    extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` flags")
+
+    def server_config(self, **fields: object) -> VLLMServerConfig:
+        """A launch config: these options plus machine-side ``fields`` (port, log_dir, ...)."""
+        own = self.model_dump(include=set(VLLMOptions.model_fields))  # subclasses add non-server fields
+        return VLLMServerConfig(**{**own, **fields})
+
+
 def find_free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on ``host`` now (the OS picks it; there is a small race)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

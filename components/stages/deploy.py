@@ -8,6 +8,7 @@ server and only stops the old one after the new one answers (blue/green).
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from components.artifacts import sha256_dir
@@ -42,17 +43,28 @@ def rollback(tracker, name: str) -> dict:
 def serve(cfg, state_dir: Path, model_dir: Path, version: str, name: str) -> dict:
     """Blue/green: the new server must pass its health check and a smoke request before the
     old one stops. Registration has already happened when this runs, so a missing vLLM
-    environment fails here with the command that creates it."""
+    environment fails here with the command that creates it. A compressed checkpoint this
+    machine's vLLM cannot run is served from its dense sibling (see ``serving.formats``)."""
     from components.serving.bluegreen import BlueGreenDeployer
-    from components.serving.vllm_server import VLLMServerConfig
+    from components.serving.formats import servable_folder
 
+    choice = servable_folder(model_dir)
     deployer = BlueGreenDeployer(state_dir / "deployments.json",
-                                 server_cfg=VLLMServerConfig(served_model_name=name),
+                                 server_cfg=cfg.vllm.server_config(served_model_name=name),
                                  ports=(cfg.port, cfg.port + 1))
-    dep = deployer.deploy(model_dir, version, name=name)
+    dep = deployer.deploy(choice.folder, version, name=name)
     return {"endpoint": dep.endpoint, "served_model_name": dep.served_model_name, "pid": dep.pid,
             "startup_s": dep.startup_s, "smoke_latency_s": dep.smoke_latency_s,
-            "smoke_tokens_per_s": dep.smoke_tokens_per_s}
+            "smoke_tokens_per_s": dep.smoke_tokens_per_s, "served_dir": str(choice.folder),
+            "served_format": choice.format, "serving_fallback": choice.reason or None,
+            "curl": curl_example(dep.endpoint, dep.served_model_name)}
+
+
+def curl_example(endpoint: str, model: str, prompt: str = "What is 7 + 5? Give only the final number.") -> str:
+    """A ready-to-paste request against an OpenAI-compatible ``endpoint`` (``.../v1``)."""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}],
+                       "max_tokens": 16, "temperature": 0})
+    return f"curl -s {endpoint.rstrip('/')}/chat/completions -H 'Content-Type: application/json' -d {shlex.quote(body)}"
 
 
 def run(cfg, chosen: str | None, candidate_refs: dict, lineage: dict, decision: dict, run_id: str,
