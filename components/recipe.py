@@ -25,6 +25,8 @@ from components.evaluation.runner import EvalConfig
 from components.rl.length import LengthScheduleConfig
 from components.rl.losses import LossConfig
 from components.rl.partial import PartialRolloutConfig
+from components.rl.rollout_engine import RolloutVLLMConfig
+from components.serving.vllm_server import VLLMOptions
 
 STAGES = ("curate", "estimate_difficulty", "rl_train", "compress", "evaluate", "deploy")
 
@@ -38,11 +40,11 @@ class _Strict(BaseModel):
 
 
 class TinyModelConfig(_Strict):
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 128
+    hidden_size: int = Field(64, description="model width of the tiny random model")
+    num_layers: int = Field(2, description="decoder layers")
+    num_heads: int = Field(4, description="attention heads")
+    num_kv_heads: int = Field(2, description="key/value heads (grouped-query attention)")
+    intermediate_size: int = Field(128, description="MLP width")
 
 
 class ModelConfig(_Strict):
@@ -52,12 +54,12 @@ class ModelConfig(_Strict):
         "embedded:smollm2",
         description="embedded:smollm2 | tiny-random | a local checkpoint folder | a hub id",
     )
-    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
-    seed: int = 0
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="shape of the model when source is tiny-random")
+    seed: int = Field(0, description="initialisation seed of the tiny random model")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="auto: float32 on CPU (no native bf16), bfloat16 on CUDA"
     )
-    refresh: bool = False
+    refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")
 
 
 class DifficultyStageConfig(EstimateConfig):
@@ -67,17 +69,19 @@ class DifficultyStageConfig(EstimateConfig):
     prior, buckets), so recipes that differ elsewhere reuse it.
     """
 
-    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig,
+                                       description="which prompts RL samples, and in what order")
     batch_prompts: int = Field(32, ge=1, description="prompts per generation call")
-    enabled: bool = True
-    refresh: bool = False
+    enabled: bool = Field(True, description="false: skip the estimate; RL draws from every curated prompt")
+    refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")
 
 
 class LoRAConfig(_Strict):
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
+    r: int = Field(16, description="adapter rank")
+    alpha: int = Field(32, description="adapter scale numerator (scale = alpha / r)")
+    dropout: float = Field(0.0, description="dropout on the adapter input")
     target_modules: list[str] = Field(
+        description="linear layers that get adapters",
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
     )
 
@@ -85,46 +89,53 @@ class LoRAConfig(_Strict):
 class OverlongConfig(_Strict):
     """DAPO soft overlong punishment: 0 up to max_len - buffer_len, then down to -penalty."""
 
-    buffer_len: int = Field(4, ge=1)
-    penalty: float = Field(1.0, ge=0)
+    buffer_len: int = Field(4, ge=1, description="tokens before the length limit where the penalty ramps")
+    penalty: float = Field(1.0, ge=0, description="reward subtracted at the length limit")
 
 
 class RLConfig(_Strict):
     """GRPO-family training settings."""
 
-    steps: int = Field(8, ge=0)
+    steps: int = Field(8, ge=0, description="RL steps (one rollout batch each)")
     segment_steps: int = Field(4, ge=1, description="steps per cached, resumable segment")
-    prompts_per_step: int = Field(8, ge=1)
+    prompts_per_step: int = Field(8, ge=1, description="prompts sampled per step")
     group_size: int = Field(8, ge=2, description="samples per prompt (G)")
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = 1.0
-    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(1.0, gt=0, description="rollout sampling temperature")
+    top_p: float = Field(1.0, description="rollout nucleus sampling")
+    max_new_tokens: int = Field(32, ge=1, description="rollout length limit")
     length_schedule: LengthScheduleConfig | None = Field(
         None, description="max-new-tokens per step (constant/linear/cyclic); None = max_new_tokens")
-    overlong: OverlongConfig | None = None
-    partial: PartialRolloutConfig = Field(default_factory=PartialRolloutConfig)
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
+    overlong: OverlongConfig | None = Field(None, description="DAPO soft overlong penalty; None = off")
+    partial: PartialRolloutConfig = Field(default_factory=PartialRolloutConfig,
+                                          description="APRIL partial rollouts (carry unfinished samples over)")
+    lr: float = Field(1e-5, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, description="AdamW weight decay")
+    warmup_steps: int = Field(0, description="linear learning-rate warm-up steps")
     epochs: int = Field(1, ge=1, description="optimisation passes over each rollout batch")
     minibatch_size: int = Field(16, ge=1, description="sequences per optimiser step")
     micro_batch_size: int = Field(16, ge=1, description="sequences per forward (grad accumulation)")
-    grad_clip: float = 1.0
-    advantage: Literal["grpo", "drgrpo", "loo"] = "grpo"
-    std_normalize: bool = True
-    batch_normalize: bool = False
-    loss: LossConfig = Field(default_factory=LossConfig)
-    dynamic_sampling: bool = False
-    max_refill_rounds: int = 2
-    sampler: Literal["uniform", "thompson"] = "uniform"
+    grad_clip: float = Field(1.0, description="global gradient-norm clip")
+    advantage: Literal["grpo", "drgrpo", "loo"] = Field(
+        "grpo", description="group baseline: grpo (mean), drgrpo (mean, no std), loo (leave-one-out)")
+    std_normalize: bool = Field(True, description="divide advantages by the group std")
+    batch_normalize: bool = Field(False, description="normalise advantages over the whole batch")
+    loss: LossConfig = Field(default_factory=LossConfig, description="policy loss: variant, clipping, KL, entropy")
+    dynamic_sampling: bool = Field(False, description="DAPO: resample groups whose rewards are all equal")
+    max_refill_rounds: int = Field(2, description="resampling rounds for dynamic_sampling")
+    sampler: Literal["uniform", "thompson"] = Field(
+        "uniform", description="prompt sampler: uniform, or Thompson sampling on the online pass-rate posterior")
     rollout_allocation: Literal["uniform", "dars"] = Field(
         "uniform", description="dars: split prompts_per_step*group_size rollouts by the online posterior")
-    tracker_decay: float = 0.9
-    logprob_chunk_size: int = 1024
-    gradient_checkpointing: bool = False
+    tracker_decay: float = Field(0.9, description="decay of the online per-prompt pass-rate tracker")
+    logprob_chunk_size: int = Field(1024, description="tokens per chunk when computing log-probs (bounds logits memory)")
+    gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
     lora: LoRAConfig | None = Field(None, description="train LoRA adapters (peft) instead of all weights")
-    seed: int = 0
-    refresh: bool = False
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="rollout engine: in-process transformers, or a vLLM server (make vllm) "
+        "that reloads the policy's weights after every optimiser step")
+    vllm: RolloutVLLMConfig = Field(default_factory=RolloutVLLMConfig, description="vLLM server for engine: vllm")
+    seed: int = Field(0, description="sampling and shuffling seed")
+    refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")
 
     @model_validator(mode="after")
     def _partial_needs_tis(self) -> "RLConfig":
@@ -133,14 +144,17 @@ class RLConfig(_Strict):
         # staleness correction.
         if self.partial.enabled and self.loss.tis_cap is None:
             raise ValueError("partial.enabled needs loss.tis_cap (importance correction for stale tokens)")
+        if self.partial.enabled and self.engine != "transformers":
+            raise ValueError("partial.enabled needs engine: transformers (it continues token prefixes in process)")
         return self
 
 
 class CompressConfig(_Strict):
-    variants: list[VariantConfig] = Field(default_factory=list)
-    calibration_samples: int = Field(64, ge=1)
-    calibration_seq_len: int = Field(64, ge=8)
-    refresh: bool = False
+    variants: list[VariantConfig] = Field(
+        default_factory=list, description="variants to build, e.g. rtn-w8, gptq-w4g64, wanda-2:4 (or full objects)")
+    calibration_samples: int = Field(64, ge=1, description="calibration prompts (GPTQ, Wanda)")
+    calibration_seq_len: int = Field(64, ge=8, description="tokens per calibration prompt")
+    refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")
 
     @field_validator("variants", mode="before")
     @classmethod
@@ -151,26 +165,28 @@ class CompressConfig(_Strict):
 
 
 class EvaluateConfig(EvalConfig):
-    gate: GateConfig = Field(default_factory=GateConfig)
+    gate: GateConfig = Field(default_factory=GateConfig, description="promotion gate against the champion")
 
 
 class DeployConfig(_Strict):
-    registered_model_name: str = "posttrain-policy"
+    registered_model_name: str = Field("posttrain-policy", description="MLflow registered model name")
     serve: bool = Field(False, description="start a vLLM server for the champion (needs make vllm)")
-    port: int = 8100
-    refresh: bool = False
+    port: int = Field(8100, description="first of the two blue/green ports")
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="server sizes/precision for serve")
+    refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")
 
 
 class Recipe(_Strict):
-    name: str = "custom"
-    description: str = ""
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    curate: CurateConfig
-    estimate_difficulty: DifficultyStageConfig = Field(default_factory=DifficultyStageConfig)
-    rl_train: RLConfig = Field(default_factory=RLConfig)
-    compress: CompressConfig = Field(default_factory=CompressConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    deploy: DeployConfig = Field(default_factory=DeployConfig)
+    name: str = Field("custom", description="recipe name (MLflow run names and tags)")
+    description: str = Field("", description="free text")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="base policy")
+    curate: CurateConfig = Field(description="data sources, dedup, decontamination, filters")
+    estimate_difficulty: DifficultyStageConfig = Field(
+        default_factory=DifficultyStageConfig, description="per-prompt pass rates and prompt selection")
+    rl_train: RLConfig = Field(default_factory=RLConfig, description="GRPO-family training")
+    compress: CompressConfig = Field(default_factory=CompressConfig, description="pruning / quantization variants")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="pass@k of every candidate and the gate")
+    deploy: DeployConfig = Field(default_factory=DeployConfig, description="registry aliases and optional vLLM serving")
 
     def digest(self) -> str:
         return hashlib.sha256(canonical_json(self.model_dump(mode="json")).encode()).hexdigest()

@@ -37,6 +37,8 @@ def start_uis(settings: Settings, host: str = "127.0.0.1", prefect_port: int = P
     env["PREFECT_HOME"] = str(settings.state_path / "prefect")
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     env.pop("PREFECT_API_URL", None)
+    # The UI's JavaScript calls this URL; Prefect's default is port 4200 whatever --port says.
+    env["PREFECT_UI_API_URL"] = f"http://{host}:{prefect_port}/api"
     logs = settings.state_path / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs = {}
@@ -60,15 +62,31 @@ def start_uis(settings: Settings, host: str = "127.0.0.1", prefect_port: int = P
     return procs
 
 
-def stop_uis(procs: dict[str, subprocess.Popen]) -> None:
-    for p in procs.values():
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_uis(procs: dict[str, subprocess.Popen], timeout_s: float = 30.0) -> None:
+    """SIGTERM each server's process group and wait for the whole group: the MLflow server's
+    job runners and Prefect's uvicorn outlive their leader by seconds. SIGKILL what is left."""
     for p in procs.values():
         try:
-            p.wait(timeout=15)
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + timeout_s
+    for p in procs.values():
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
         except subprocess.TimeoutExpired:
+            pass
+    while time.time() < deadline and any(_group_alive(p.pid) for p in procs.values()):
+        time.sleep(0.2)
+    for p in procs.values():
+        if _group_alive(p.pid):
             os.killpg(p.pid, signal.SIGKILL)
+        p.wait()

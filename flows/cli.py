@@ -45,9 +45,27 @@ def run(
     dep = result["stages"].get("deploy", {}).get("deployment")
     if dep:
         typer.echo(f"registered {dep['model_name']} v{dep['version']} ({dep['registered']}); {dep.get('decision', '')}")
-        if dep.get("endpoint"):
-            typer.echo(f"serving at {dep['endpoint']}")
+        _echo_serving(dep)
     typer.echo(f"MLflow run {result['mlflow_run_id']}  Prefect flow run {result['flow_run_id']}")
+
+
+def _echo_serving(dep: dict) -> None:
+    """The live server for the registered model and a request to paste. Asks the deployments
+    state, not the record: a cached deploy stage starts no server, one from an earlier run may
+    still answer, or may be gone."""
+    from components.serving.bluegreen import BlueGreenDeployer
+    from components.settings import get_settings
+    from components.stages.deploy import curl_example
+
+    live = BlueGreenDeployer(get_settings().state_path / "deployments.json").current(dep["model_name"])
+    if live is not None:
+        typer.echo(f"serving {live.served_model_name} v{live.model_version} at {live.endpoint} (pid {live.pid})")
+        if str(live.model_version) == str(dep["version"]) and dep.get("serving_fallback"):
+            typer.echo(f"  {dep['serving_fallback']}")
+        typer.echo(curl_example(live.endpoint, live.served_model_name))
+    elif dep.get("endpoint"):
+        typer.echo(f"the server recorded at {dep['endpoint']} is not running; "
+                   f"`posttrain serve --model {dep['model_name']}` starts the champion")
 
 
 @app.command()
@@ -124,6 +142,51 @@ def ui(
         pass
     finally:
         stop_uis(procs)
+
+
+_CRON_HELP = "cron of recurring-retrain (env POSTTRAIN_RETRAIN_CRON)"
+
+
+@app.command("work-pool")
+def work_pool(
+    name: str = typer.Option("posttrain-gpu", help="process work pool to create or update"),
+    gpu_slots: int = typer.Option(1, help="slots of the 'gpu' task tag concurrency limit"),
+) -> None:
+    """Create the process work pool, its one-run-at-a-time 'pipeline' queue and the 'gpu' limit."""
+    _env()
+    from flows.deployments import ensure_work_pool
+
+    typer.echo(json.dumps(ensure_work_pool(name, gpu_slots=gpu_slots)))
+
+
+@app.command("deploy-flows")
+def deploy_flows(
+    pool: str = typer.Option("posttrain-gpu", help="process work pool (created if missing)"),
+    recipe: str = typer.Option("default", help="default recipe of the deployments"),
+    cron: str = typer.Option("0 3 * * 0", envvar="POSTTRAIN_RETRAIN_CRON", help=_CRON_HELP),
+    timezone: str = typer.Option("UTC", help="time zone of the cron"),
+) -> None:
+    """Register the deployments on a work pool; run them with `prefect worker start --pool POOL`."""
+    _env()
+    from flows.deployments import deploy_flows as do_deploy
+    from flows.deployments import deployment_specs
+
+    for name, dep_id in do_deploy(deployment_specs(recipe, cron, timezone), pool).items():
+        typer.echo(f"{name:28s} {dep_id}")
+
+
+@app.command("serve-flows")
+def serve_flows(
+    recipe: str = typer.Option("default", help="default recipe of the deployments"),
+    cron: str = typer.Option("0 3 * * 0", envvar="POSTTRAIN_RETRAIN_CRON", help=_CRON_HELP),
+    timezone: str = typer.Option("UTC", help="time zone of the cron"),
+) -> None:
+    """Register the deployments and run their flow runs in this process (one at a time) until Ctrl-C."""
+    _env()
+    from flows.deployments import deployment_specs
+    from flows.deployments import serve_flows as do_serve
+
+    do_serve(deployment_specs(recipe, cron, timezone))
 
 
 @app.command()

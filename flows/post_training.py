@@ -17,8 +17,10 @@ import time  # noqa: E402
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 
-from components.recipe import STAGES, Recipe, load_recipe, stage_config  # noqa: E402
+from components.recipe import (STAGES, Recipe, RecipeError, apply_override,  # noqa: E402
+                               format_validation_error, load_recipe, stage_config)
 from components.stages.context import StageResult  # noqa: E402
 from components.summary import build_summary, markdown_summary  # noqa: E402
 from flows.rl_train import rl_train_flow  # noqa: E402
@@ -60,12 +62,35 @@ def _champion(rec: Recipe, candidates: dict) -> tuple:
     return ref, None
 
 
+def resolve_recipe(recipe: str, config: Recipe | None, overrides: list[str] | None) -> Recipe:
+    """The run's recipe: ``config`` (a form filled in the Prefect UI) wins over the ``recipe`` name;
+    ``overrides`` apply to either, with the same validation as ``--set``."""
+    if config is None:
+        return load_recipe(recipe, overrides or [])
+    raw = config.model_dump(mode="json")
+    for o in overrides or []:
+        apply_override(raw, o)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(format_validation_error(e)) from None
+
+
 @flow(name="post-training", log_prints=True)
 def post_training(recipe: str = "smoke", overrides: list[str] | None = None,
-                  stages: list[str] | None = None) -> dict:
-    """Base model + prompts -> curated data, difficulty, GRPO, compression, gated deployment."""
+                  stages: list[str] | None = None, config: Recipe | None = None) -> dict:
+    """Base model + prompts -> curated data, difficulty, GRPO, compression, gated deployment.
+
+    Args:
+        recipe: built-in recipe name (smoke, default) or a YAML path on the worker; ignored when
+            config is given.
+        overrides: recipe field overrides as key=value, e.g. rl_train.steps=20 (values parsed as YAML).
+        stages: run up to the last of these stages (curate, estimate_difficulty, rl_train, compress,
+            evaluate, deploy); upstream stages run too, usually as cache hits. Empty: all stages.
+        config: a whole recipe as a form; when given it replaces the named recipe.
+    """
     t_start = time.perf_counter()
-    rec = load_recipe(recipe, overrides or [])
+    rec = resolve_recipe(recipe, config, overrides)
     last = _wanted(stages)
     log = get_run_logger()
     trk = tracker()

@@ -1,0 +1,78 @@
+"""Scheduled retraining: the post-training flow started from the registry's champion.
+
+The champion's weights become the recipe's base model (``model.source``), so an unchanged
+champion and unchanged data make every stage a cache hit, and a new champion or new data
+recomputes only what depends on them. ``curate`` is re-read each time (``refresh_data``):
+its cache key covers the recipe, not the content behind a file source, and an unchanged
+pool yields the same dataset digest, so the stages after it still hit the cache.
+"""
+
+from __future__ import annotations
+
+from components.settings import configure_process_env
+
+configure_process_env()
+
+from pathlib import Path  # noqa: E402
+
+from prefect import flow, get_run_logger  # noqa: E402
+
+from components.recipe import load_recipe  # noqa: E402
+from flows.post_training import post_training  # noqa: E402
+from tasks.common import store, tracker  # noqa: E402
+
+# A registered source is a candidate payload or a subfolder of one (RL checkpoints and
+# compressed variants keep their dense transformers weights under ``model/``).
+_SUBFOLDERS = ("model", "compressed")
+
+
+def champion_model_dir(registered_model_name: str) -> Path | None:
+    """Local folder of the champion's dense weights, or None when there is no usable champion.
+
+    A compressed champion is retrained from its dense (fake-quantized / pruned) twin: that is
+    the model being served, in the format the trainer loads.
+    """
+    from components.artifacts import ArtifactRef
+    from components.stages.evaluate import model_folder
+
+    mv = tracker().version_by_alias(registered_model_name, "champion")
+    if mv is None:
+        return None
+    uri = mv.source.rstrip("/")
+    head, _, last = uri.rpartition("/")
+    if last in _SUBFOLDERS and head:
+        uri = head
+    try:
+        path = store().local_path(ArtifactRef(uri=uri, sha256=mv.tags.get("model_sha256", ""), kind="model"))
+    except (FileNotFoundError, IOError):
+        return None
+    folder = model_folder(path)
+    return folder if (folder / "config.json").exists() else None
+
+
+@flow(name="recurring-retrain", log_prints=True)
+def recurring_retrain(recipe: str = "default", overrides: list[str] | None = None,
+                      stages: list[str] | None = None, from_champion: bool = True,
+                      refresh_data: bool = True) -> dict:
+    """Retrain from the current champion on the latest data (runs on a cron schedule).
+
+    Args:
+        recipe: built-in recipe name or a YAML path on the worker.
+        overrides: recipe field overrides as key=value.
+        stages: run up to the last of these stages; empty: the whole pipeline.
+        from_champion: start from the registry's champion when there is one, else from the recipe's model.
+        refresh_data: re-read the data sources (curate) so new rows are picked up.
+    """
+    log = get_run_logger()
+    rec = load_recipe(recipe, overrides or [])
+    extra: list[str] = []
+    if from_champion:
+        src = champion_model_dir(rec.deploy.registered_model_name)
+        if src is not None:
+            extra.append(f"model.source={src}")
+            log.info("starting from the champion of %s at %s", rec.deploy.registered_model_name, src)
+        else:
+            log.info("no champion for %s: starting from %s", rec.deploy.registered_model_name, rec.model.source)
+    if refresh_data:
+        extra.append("curate.refresh=true")
+    return post_training(recipe=recipe, overrides=[*(overrides or []), *extra], stages=stages)
