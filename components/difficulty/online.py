@@ -112,6 +112,17 @@ class OnlineTracker:
         self._counts = {pid: [float(a), float(b)] for pid, (a, b) in state["counts"].items()}
 
 
+def thompson_pick(tracker: OnlineTracker, candidate_ids: Sequence[str], k: int,
+                  rng: np.random.Generator) -> list[str]:
+    """Draw p ~ Beta per candidate and keep the k largest p(1 - p) (ties: candidate order)."""
+    if not candidate_ids or k <= 0:
+        return []
+    ab = np.array([tracker.params(pid) for pid in candidate_ids])
+    p = rng.beta(ab[:, 0], ab[:, 1])
+    order = np.argsort(-(p * (1.0 - p)), kind="stable")
+    return [candidate_ids[j] for j in order[:k]]
+
+
 class ThompsonSampler:
     """Picks informative prompts: draw p ~ Beta per candidate, keep the k largest p(1 - p).
 
@@ -133,10 +144,7 @@ class ThompsonSampler:
             raise ValueError("candidate_ids must be unique")
         if not candidate_ids or k == 0:
             return []
-        ab = np.array([self.tracker.params(pid) for pid in candidate_ids])
-        p = self._rng.beta(ab[:, 0], ab[:, 1])
-        order = np.argsort(-(p * (1.0 - p)), kind="stable")
-        return [candidate_ids[j] for j in order[:k]]
+        return thompson_pick(self.tracker, candidate_ids, k, self._rng)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -106,14 +106,10 @@ class PromptSampler:
         return [candidates[i] for i in rng.choice(len(candidates), size=k, replace=False, p=p)]
 
     def tracker_sample(self, ids: list[str], k: int, rng: np.random.Generator) -> list[str]:
-        # Thompson draw p ~ Beta(a, b) per prompt, pick the largest expected signal p(1-p).
-        draws = []
-        for pid in ids:
-            post = self.tracker.posterior(pid)
-            p = rng.beta(post.alpha, post.beta)
-            draws.append((p * (1 - p), pid))
-        draws.sort(key=lambda x: (-x[0], x[1]))
-        return [pid for _, pid in draws[:k]]
+        # The generator is seeded per (step, attempt) so a resumed run draws the same batch.
+        from components.difficulty.online import thompson_pick
+
+        return thompson_pick(self.tracker, ids, k, rng)
 
 
 def _make_tracker(difficulty: list | None, decay: float):
