@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | sha
 RECIPE ?= default
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-vllm vllm bench ui clean
+.PHONY: setup run test test-vllm vllm bench ui clean browser serve-flows deploy-flows
 
 setup: $(STAMP)
 
@@ -21,11 +21,18 @@ $(STAMP): $(LOCK) pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-run: setup
+run: setup vllm
 	$(BIN)/posttrain run --recipe $(RECIPE) --summary .posttrain/last-summary.json
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Debian's chromium drives the UI screenshot test (Playwright launches /usr/bin/chromium; it never
+# downloads a browser). Installed through apt when it is missing and we are root, as on CI.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || { echo "the UI screenshot test needs Debian's chromium: sudo apt-get install chromium" >&2; exit 1; }
 
 vllm:
 	bash deployments/vllm/setup_vllm_env.sh
@@ -42,6 +49,13 @@ bench: setup  # engine bench on a real model: tests/bench/bench_rollouts.py --mo
 
 ui: setup
 	$(BIN)/posttrain ui
+
+# Register the Prefect deployments and run them from this shell (or on a work pool: see README).
+serve-flows: setup
+	$(BIN)/posttrain serve-flows
+
+deploy-flows: setup
+	$(BIN)/posttrain deploy-flows
 
 clean:
 	rm -rf .posttrain

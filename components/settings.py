@@ -40,18 +40,52 @@ class Settings(BaseSettings):
         return self.mlflow_tracking_uri or f"sqlite:///{self.state_path / 'mlflow.db'}"
 
     @property
-    def mlflow_artifact_uri(self) -> str:
-        return str(self.state_path / "mlruns")
+    def remote_root(self) -> str | None:
+        """The artifact root when it is remote (``s3://...``), else None: the switch for S3 mode."""
+        root = self.artifact_uri
+        return root.rstrip("/") if "://" in root and not root.startswith("file://") else None
 
-    def storage_options(self) -> dict:
-        """fsspec options for s3:// URIs (keys are read here, never logged)."""
+    @property
+    def mlflow_artifact_uri(self) -> str:
+        """Where a new MLflow experiment keeps run artifacts: beside the stage payloads."""
+        return f"{self.remote_root}/mlruns" if self.remote_root else str(self.state_path / "mlruns")
+
+    @property
+    def prefect_result_uri(self) -> str | None:
+        """Prefect result storage (the cache records) for remote roots; None keeps the local default."""
+        return f"{self.remote_root}/prefect-results" if self.remote_root else None
+
+    @property
+    def lock_dir(self) -> Path:
+        """File locks that stop two runs on this machine computing the same stage twice."""
+        return self.state_path / "locks"
+
+    def storage_options(self, credentials: bool = True) -> dict:
+        """fsspec options for s3:// URIs (keys are read here, never logged).
+
+        ``credentials=False`` gives options that may be stored (a Prefect block document):
+        there s3fs finds the keys in the process environment (``s3_env``).
+        """
         opts: dict = {}
         if self.s3_endpoint_url:
             opts["client_kwargs"] = {"endpoint_url": self.s3_endpoint_url}
-        if self.s3_access_key and self.s3_secret_key:
+        if credentials and self.s3_access_key and self.s3_secret_key:
             opts["key"] = self.s3_access_key.get_secret_value()
             opts["secret"] = self.s3_secret_key.get_secret_value()
         return opts
+
+    def s3_env(self) -> dict[str, str]:
+        """Variables through which boto3 (MLflow) and s3fs (Prefect results) read endpoint and keys.
+
+        Only what the settings name; with no keys set, the usual AWS chain (profile, role) applies.
+        """
+        env: dict[str, str] = {}
+        if self.s3_endpoint_url:
+            env["MLFLOW_S3_ENDPOINT_URL"] = self.s3_endpoint_url
+        if self.s3_access_key and self.s3_secret_key:
+            env["AWS_ACCESS_KEY_ID"] = self.s3_access_key.get_secret_value()
+            env["AWS_SECRET_ACCESS_KEY"] = self.s3_secret_key.get_secret_value()
+        return env
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -80,6 +114,21 @@ def reset_settings() -> None:
     get_settings.cache_clear()
 
 
+def export_s3_env(settings: Settings | None = None) -> None:
+    """Put the S3 endpoint and keys into this process's environment (not into any record).
+
+    MLflow's S3 artifact repository and the Prefect result block read them from there, so the
+    secret is never written to a block document, an MLflow param or a flow parameter.
+    """
+    s = settings or get_settings()
+    if s.remote_root is None:
+        return
+    os.environ.update(s.s3_env())
+    # boto3 needs a region to sign; S3-compatible servers accept any.
+    if not (os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")):
+        os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+
+
 def configure_process_env(settings: Settings | None = None) -> Settings:
     """Point Prefect's home/result storage into the state folder before prefect is imported.
 
@@ -104,4 +153,5 @@ def configure_process_env(settings: Settings | None = None) -> Settings:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    export_s3_env(s)
     return s

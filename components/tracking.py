@@ -6,13 +6,15 @@ Prefect may run tasks in worker threads where a global "active run" would be wro
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-from components.settings import Settings
+from components.settings import Settings, export_s3_env
 
 EXPERIMENT = "posttrain"
 _SECRET_MARKERS = ("secret", "token", "password", "access_key", "api_key")
@@ -26,20 +28,42 @@ def _client(settings: Settings):
     return MlflowClient(tracking_uri=settings.tracking_uri)
 
 
+@contextlib.contextmanager
+def _db_init_lock(settings: Settings):
+    """Serialise MLflow's first touch of a sqlite database across processes on this machine.
+
+    Two runs started together on a fresh state folder would otherwise both create MLflow's
+    tables ("table ... already exists"). flock is released by the OS if a process dies.
+    """
+    if not settings.tracking_uri.startswith("sqlite"):
+        yield
+        return
+    settings.lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.lock_dir / "mlflow-db.flock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class Tracker:
     """Thin wrapper: parent/child runs, params, metrics, artifacts, registry."""
 
     def __init__(self, settings: Settings):
         os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+        # MLflow's S3 artifact repository (boto3) reads endpoint and keys from the environment.
+        export_s3_env(settings)
         self.settings = settings
-        self.client = _client(settings)
-        self.experiment_id = self._experiment()
+        with _db_init_lock(settings):
+            self.client = _client(settings)
+            self.experiment_id = self._experiment()
 
     def _experiment(self) -> str:
         exp = self.client.get_experiment_by_name(EXPERIMENT)
         if exp is not None:
             return exp.experiment_id
-        try:
+        try:  # s3://<bucket>/<prefix>/mlruns with an S3 artifact root, else <state>/mlruns
             return self.client.create_experiment(EXPERIMENT, artifact_location=self.settings.mlflow_artifact_uri)
         except Exception:  # created concurrently by another process
             return self.client.get_experiment_by_name(EXPERIMENT).experiment_id

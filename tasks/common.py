@@ -1,27 +1,40 @@
 """What every stage task shares: cache keys, the MLflow child run, artifacts, Prefect artifacts.
 
 A stage task receives its explicit cache ``key`` (computed by ``stage_key`` from the stage
-config, upstream digests, code version and cache_version) plus handles; Prefect's
-``cache_key_fn`` returns that key, so identical inputs are a cache hit across runs and
-processes. Parameters that must not affect caching (the MLflow run id) are not in the key.
+config, upstream digests, code version and cache_version) plus handles; its cache policy
+returns that key, so identical inputs are a cache hit across runs and processes. Parameters
+that must not affect caching (the MLflow run id) are not in the key.
+
+Two runs that reach the same key at once do the work once: the policy runs each stage in a
+SERIALIZABLE transaction whose lock is a file in the state folder, so the second run waits and
+then reads the first one's result as a cache hit. With an ``s3://`` artifact root, Prefect's
+result records (the cache) live in the bucket too, so another machine with an empty state
+folder finds them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from prefect import task
+from prefect import Task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.filesystems import RemoteFileSystem
+from prefect.settings import get_current_settings
 from prefect.states import State
+from prefect.transactions import IsolationLevel
 
 from components.artifacts import ArtifactRef, ArtifactStore
 from components.caching import stage_key
-from components.settings import get_settings
+from components.settings import export_s3_env, get_settings
 from components.stages.context import StageContext, StageResult
 from components.tracking import Tracker
+from tasks.locks import StateLockManager
 
 
 def key_from_params(_context, parameters: dict) -> str:
@@ -104,15 +117,82 @@ def execute(stage: str, key: str, run_id: str, config: dict, kind: str,
     return StageResult(stage=stage, key=key, outputs={kind: ref}, metrics=metrics, seconds=seconds, info=info)
 
 
-def stage_task(name: str, timeout_s: float | None = None):
-    """Decorator: a Prefect task cached by its explicit ``key`` parameter, result persisted."""
-    return task(
-        name=name,
-        cache_key_fn=key_from_params,
-        persist_result=True,
-        timeout_seconds=timeout_s,
-        log_prints=True,
-    )
+# One policy for every stage: the explicit key, a per-machine lock around compute-or-read.
+STAGE_CACHE_POLICY = CacheKeyFnPolicy(cache_key_fn=key_from_params).configure(
+    lock_manager=StateLockManager(), isolation_level=IsolationLevel.SERIALIZABLE
+)
+
+_saved_storages: dict[tuple, Any] = {}
+
+
+def result_storage():
+    """Prefect result storage for the current settings: None (the state folder) or an S3 block.
+
+    Prefect only accepts saved storage blocks, so a ``RemoteFileSystem`` block is saved (once
+    per process and Prefect API) holding the base path and endpoint only; s3fs reads the keys
+    from the process environment (``export_s3_env``), so the block document has no secret.
+    """
+    s = get_settings()
+    uri = s.prefect_result_uri
+    if uri is None:
+        return None
+    export_s3_env(s)
+    opts = s.storage_options(credentials=False)
+    memo = (uri, repr(opts), str(get_current_settings().api.url), os.environ.get("PREFECT_HOME"))
+    if memo not in _saved_storages:
+        block = RemoteFileSystem(basepath=uri, settings=opts)
+        digest = hashlib.sha256(f"{uri}|{opts}".encode()).hexdigest()[:12]
+        block.save(f"posttrain-results-{digest}", overwrite=True)
+        _saved_storages[memo] = block
+    return _saved_storages[memo]
+
+
+class StageTask(Task):
+    """A Prefect task that picks its result storage from the settings at call time.
+
+    Settings are read where the task runs (a test or a worker may change them after import),
+    and saving the S3 block needs the Prefect API, which import time must not start.
+    """
+
+    def _bound(self) -> Task:
+        storage = result_storage()
+        return self if storage is None else Task.with_options(self, result_storage=storage)
+
+    def __call__(self, *args, **kwargs):
+        return Task.__call__(self._bound(), *args, **kwargs)
+
+    def submit(self, *args, **kwargs):
+        return Task.submit(self._bound(), *args, **kwargs)
+
+    def with_options(self, *args, **kwargs) -> "StageTask":
+        t = Task.with_options(self, *args, **kwargs)
+        t.__class__ = StageTask
+        return t
+
+
+# GPU-bound stages carry this tag: `posttrain work-pool` creates a Prefect tag concurrency limit of
+# one slot for it, so two flow runs on one GPU machine never hold the GPU at once.
+GPU: tuple[str, ...] = ("gpu",)
+
+
+def stage_task(name: str, timeout_s: float | None = None, tags: tuple[str, ...] = ()):
+    """Decorator: a Prefect task cached by its explicit ``key`` parameter, result persisted.
+
+    ``tags`` go to Prefect (e.g. ``gpu``, for a tag concurrency limit).
+    """
+
+    def wrap(fn) -> StageTask:
+        return StageTask(
+            fn=fn,
+            name=name,
+            cache_policy=STAGE_CACHE_POLICY,
+            persist_result=True,
+            timeout_seconds=timeout_s,
+            log_prints=True,
+            tags=set(tags) or None,
+        )
+
+    return wrap
 
 
 def was_cached(state: State) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from components.artifacts import ArtifactRef
 from components.stages import compress as stage
-from tasks.common import execute, make_key, stage_task, store
+from tasks.common import GPU, execute, make_key, stage_task, store
 
 
 def key_for(variant, calib_n: int, seq_len: int, checkpoint: ArtifactRef, dataset: ArtifactRef) -> str:
@@ -12,7 +12,7 @@ def key_for(variant, calib_n: int, seq_len: int, checkpoint: ArtifactRef, datase
     return make_key("compress", conf, {"checkpoint": checkpoint, "dataset": dataset}, stage.MODULES)
 
 
-@stage_task("compress")
+@stage_task("compress", tags=GPU)
 def compress_task(key: str, run_id: str, variant: dict, calib_n: int, seq_len: int, checkpoint: ArtifactRef,
                   dataset: ArtifactRef):
     from components.compression.config import VariantConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from components.artifacts import ArtifactRef
 from components.stages import difficulty as stage
-from tasks.common import execute, make_key, stage_task, store
+from tasks.common import GPU, execute, make_key, stage_task, store
 
 
 def key_for(cfg, model: ArtifactRef, dataset: ArtifactRef) -> str:
@@ -12,7 +12,7 @@ def key_for(cfg, model: ArtifactRef, dataset: ArtifactRef) -> str:
                     stage.MODULES)
 
 
-@stage_task("estimate_difficulty")
+@stage_task("estimate_difficulty", tags=GPU)
 def difficulty_task(key: str, run_id: str, cfg: dict, model: ArtifactRef, dataset: ArtifactRef):
     from components.recipe import DifficultyStageConfig
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from components.artifacts import ArtifactRef
 from components.stages import evaluate as stage
-from tasks.common import execute, make_key, stage_task, store
+from tasks.common import GPU, execute, make_key, stage_task, store
 
 
 def key_for(cfg, dataset: ArtifactRef, candidates: dict[str, ArtifactRef], champion_sha: str | None) -> str:
@@ -14,7 +14,7 @@ def key_for(cfg, dataset: ArtifactRef, candidates: dict[str, ArtifactRef], champ
     return make_key("evaluate", cfg.model_dump(mode="json", exclude={"refresh"}), upstream, stage.MODULES)
 
 
-@stage_task("evaluate")
+@stage_task("evaluate", tags=GPU)
 def evaluate_task(key: str, run_id: str, cfg: dict, dataset: ArtifactRef, candidates: dict[str, ArtifactRef],
                   champion: ArtifactRef | None = None, champion_is: str | None = None):
     from components.recipe import EvaluateConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from components.artifacts import ArtifactRef
 from components.stages import rl as stage
-from tasks.common import execute, make_key, stage_task, store
+from tasks.common import GPU, execute, make_key, stage_task, store
 
 
 def segment_key(cfg, selection, start: int, end: int, model: ArtifactRef, dataset: ArtifactRef,
@@ -15,7 +15,7 @@ def segment_key(cfg, selection, start: int, end: int, model: ArtifactRef, datase
                                          "prev": prev}, stage.MODULES)
 
 
-@stage_task("rl_segment")
+@stage_task("rl_segment", tags=GPU)
 def rl_segment_task(key: str, run_id: str, cfg: dict, selection: dict, start: int, end: int,
                     model: ArtifactRef, dataset: ArtifactRef, difficulty: ArtifactRef | None,
                     prev: ArtifactRef | None):
