@@ -32,6 +32,10 @@ def markdown_summary(summary: dict, mlflow_url: str) -> str:
         lines.append(f"| {name} | {'yes' if s['cached'] else 'no'} | {s['seconds']:.1f} | {figs} |")
     dep = summary["stages"].get("deploy", {}).get("deployment")
     if dep:
-        lines += ["", f"Registered model: **{dep.get('model_name')}** version **{dep.get('version')}** "
+        base = mlflow_url.split("/#/")[0]
+        page = f"{base}/#/models/{dep.get('model_name')}/versions/{dep.get('version')}"
+        lines += ["", f"Registered model: [**{dep.get('model_name')}** version **{dep.get('version')}**]({page}) "
                   f"({dep.get('registered')}); gate: {dep.get('decision')}"]
+        if dep.get("endpoint"):
+            lines.append(f"Serving at `{dep['endpoint']}`")
     return "\n".join(lines)
