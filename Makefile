@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | sha
 RECIPE ?= default
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-vllm vllm bench ui clean browser serve-flows deploy-flows
+.PHONY: setup run test test-vllm vllm bench ui clean browser serve-flows deploy-flows llmc test-llmc
 
 setup: $(STAMP)
 
@@ -39,6 +39,13 @@ vllm:
 
 test-vllm: setup vllm
 	$(BIN)/python -m pytest -q -m vllm tests/integration $(PYTEST_ARGS)
+
+# llm-compressor pins transformers 5.15-5.17, so its parity reference runs in its own .venv-llmc.
+llmc:
+	bash deployments/llmcompressor/setup_llmc_env.sh
+
+test-llmc: setup llmc
+	$(BIN)/python -m pytest -q -m llmcompressor tests/compat $(PYTEST_ARGS)
 
 # Benchmarks report ratios against a baseline measured in the same run; results go to
 # tests/bench/results/*.json (the README's performance table quotes them).
