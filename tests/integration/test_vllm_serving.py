@@ -8,8 +8,6 @@ requests, a broken v3 rejected while v2 keeps answering, then stop.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -26,8 +24,7 @@ from components.serving.vllm_server import (
     VLLMServerConfig,
     pid_alive,
 )
-
-CHAT = [{"role": "user", "content": "Say hi."}]
+from vllm_poller import CHAT, Poller
 
 
 def test_missing_env_names_make_vllm(tmp_path: Path) -> None:
@@ -52,32 +49,6 @@ def test_command_binds_configured_host_only(tmp_path: Path) -> None:
     assert server.base_url == "http://127.0.0.1:8123"
 
 
-class Poller(threading.Thread):
-    """A client that keeps asking whatever deployment the state file names (bounded)."""
-
-    def __init__(self, deployer: BlueGreenDeployer, name: str, max_requests: int = 2000, max_s: float = 400):
-        super().__init__(daemon=True)
-        self.deployer, self.name = deployer, name
-        self.max_requests, self.max_s = max_requests, max_s
-        self.stop_event = threading.Event()
-        self.ok: list[str] = []  # model_version that answered each request
-        self.failed: list[str] = []
-
-    def run(self) -> None:
-        t0 = time.monotonic()
-        while not self.stop_event.is_set() and len(self.ok) + len(self.failed) < self.max_requests:
-            if time.monotonic() - t0 > self.max_s:
-                break
-            dep = self.deployer.current(self.name)
-            try:
-                client = OpenAI(base_url=dep.endpoint, api_key="EMPTY", max_retries=0, timeout=60)
-                r = client.chat.completions.create(model=self.name, messages=CHAT, max_tokens=4, temperature=0)
-                assert r.choices[0].message.content is not None
-                self.ok.append(dep.model_version)
-            except Exception as exc:  # noqa: BLE001 - every failure is what the test counts
-                self.failed.append(f"{dep.model_version if dep else None}: {exc!r}")
-            time.sleep(0.1)
-
 
 @pytest.mark.vllm
 def test_blue_green_lifecycle(vllm_venv, tiny_models, make_server_cfg, tmp_path: Path) -> None:
@@ -97,12 +68,7 @@ def test_blue_green_lifecycle(vllm_venv, tiny_models, make_server_cfg, tmp_path:
         poller = Poller(deployer, "tiny")
         poller.start()
         d2 = deployer.deploy(tiny_models["v2"], "v2", name="tiny")
-        n_at_switch = len(poller.ok)
-        deadline = time.monotonic() + 60
-        while len(poller.ok) < n_at_switch + 5 and time.monotonic() < deadline and poller.is_alive():
-            time.sleep(0.2)
-        poller.stop_event.set()
-        poller.join(timeout=120)
+        poller.wait_for_more(5)
 
         assert poller.failed == []
         assert "v1" in poller.ok and poller.ok[-1] == "v2"
