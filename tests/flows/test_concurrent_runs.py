@@ -55,10 +55,10 @@ def test_two_simultaneous_runs_compute_each_stage_once(tmp_path):
     a, b = (json.loads((tmp_path / f"{n}.json").read_text())["stages"] for n in ("a", "b"))
     assert list(a) == list(b) and len(a) == 8
     for name in a:
-        # Exactly one of the two runs computed the stage; both hold the same payloads.
-        assert [a[name]["cached"], b[name]["cached"]].count(False) <= 1, name
+        # Both runs hold the same payloads; every stage but rl_train was computed by exactly one
+        # of them. rl_train is "cached" only when all its segments were, so when one run computed
+        # segment 1 and the other segment 2 neither run reports it cached: counted per segment below.
         assert a[name]["outputs"] == b[name]["outputs"], name
-    for name in a:
         if name != "rl_train":
             assert [a[name]["cached"], b[name]["cached"]].count(False) == 1, name
     # rl_train is a chain of segments (smoke: 4 steps in segments of 2 = 2); each is computed once

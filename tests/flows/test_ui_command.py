@@ -29,7 +29,7 @@ def _children(pid: int) -> list[int]:
 
 def _answers(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=1).status_code == 200
+        return httpx.get(url, timeout=10).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -72,7 +72,8 @@ def test_ui_starts_both_servers_and_sigint_stops_them(tmp_path):
         assert ui_settings["api_url"] == f"http://127.0.0.1:{pp}/api"  # the browser calls this port
 
         os.kill(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        # stop_uis gives the servers 30 s to go, then kills; slack for a loaded machine.
+        assert proc.wait(timeout=180) == 0
         assert not any(_answers(u) for u in urls)
         assert not any(_group_alive(g) for g in groups)
     finally:
