@@ -132,6 +132,12 @@ def ui(
 
     from components.ui import start_uis, stop_uis
 
+    import signal
+
+    # A shell starting us in the background (no job control) leaves SIGINT ignored, and Python
+    # then never raises KeyboardInterrupt: take Ctrl-C (and SIGTERM) back explicitly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     settings = _env()
     procs = start_uis(settings, prefect_port=prefect_port, mlflow_port=mlflow_port)
     typer.echo(f"Prefect UI: http://127.0.0.1:{prefect_port}\nMLflow UI:  http://127.0.0.1:{mlflow_port}\nCtrl-C stops both.")
