@@ -62,7 +62,7 @@ def start_uis(settings: Settings, host: str = "127.0.0.1", prefect_port: int = P
     return procs
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -84,9 +84,9 @@ def stop_uis(procs: dict[str, subprocess.Popen], timeout_s: float = 30.0) -> Non
             p.wait(timeout=max(0.1, deadline - time.time()))
         except subprocess.TimeoutExpired:
             pass
-    while time.time() < deadline and any(_group_alive(p.pid) for p in procs.values()):
+    while time.time() < deadline and any(group_alive(p.pid) for p in procs.values()):
         time.sleep(0.2)
     for p in procs.values():
-        if _group_alive(p.pid):
+        if group_alive(p.pid):
             os.killpg(p.pid, signal.SIGKILL)
         p.wait()

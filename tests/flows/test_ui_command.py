@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from components.ui import group_alive
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -33,13 +35,6 @@ def _answers(url: str) -> bool:
     except httpx.HTTPError:
         return False
 
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.mark.slow
@@ -75,9 +70,9 @@ def test_ui_starts_both_servers_and_sigint_stops_them(tmp_path):
         # stop_uis gives the servers 30 s to go, then kills; slack for a loaded machine.
         assert proc.wait(timeout=180) == 0
         assert not any(_answers(u) for u in urls)
-        assert not any(_group_alive(g) for g in groups)
+        assert not any(group_alive(g) for g in groups)
     finally:
         for pgid in [proc.pid, *groups]:
-            if _group_alive(pgid):
+            if group_alive(pgid):
                 os.killpg(pgid, signal.SIGKILL)
         proc.wait()
