@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | sha
 RECIPE ?= default
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-vllm vllm bench ui clean browser serve-flows deploy-flows llmc test-llmc
+.PHONY: setup run test test-vllm test-gpu bench-gpu vllm bench ui clean browser serve-flows deploy-flows llmc test-llmc
 
 setup: $(STAMP)
 
@@ -46,6 +46,14 @@ llmc:
 
 test-llmc: setup llmc
 	$(BIN)/python -m pytest -q -m llmcompressor tests/compat $(PYTEST_ARGS)
+
+# CUDA paths (Triton kernels, 2:4 semi-structured, GPTQ, bf16 engine and training step) against
+# their references; needs a GPU, so deselected from `make test` (CI has none).
+test-gpu: setup
+	$(BIN)/python -m pytest -q -m cuda tests/gpu $(PYTEST_ARGS)
+
+bench-gpu: setup
+	$(BIN)/python tests/bench/bench_gpu.py --out tests/bench/results/gpu.json
 
 # Benchmarks report ratios against a baseline measured in the same run; results go to
 # tests/bench/results/*.json (the README's performance table quotes them).

@@ -163,7 +163,10 @@ def pick_dtype(name: str, device: str) -> torch.dtype:
 def load_model(path: Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
+    from components.compression.activations import apply_sidecar
+
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    apply_sidecar(model, path)  # a W8A8 variant's dense twin quantizes its linears' inputs again
     return model.to(device)
 
 

@@ -100,6 +100,39 @@ def fake_quantize(w: torch.Tensor, bits: int, group_size: int, symmetric: bool =
     return dequantize(q, scale, zero, group_size).to(w.dtype)
 
 
+# ---------------------------------------------------------------- activations (W8A8)
+
+
+def quantize_activations_per_token(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic symmetric per-token quantization, as vLLM's ``scaled_int8_quant`` does it for a
+    compressed-tensors W8A8 model: ``scale = absmax(token) / qmax``, ``q = round(x / scale)``
+    (half to even) clamped to the signed range. Returns ``(q int8 [..., I], scale float32 [..., 1])``."""
+    qmin, qmax = qrange(bits)
+    xf = x.float()
+    scale = xf.abs().amax(dim=-1, keepdim=True) / qmax
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # an all-zero token stays zero
+    q = torch.round(xf / scale).clamp(qmin, qmax).to(torch.int8)
+    return q, scale
+
+
+def fake_quantize_activations(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """What a W8A8 linear really multiplies: per-token quantized-then-dequantized inputs, in x's dtype."""
+    q, scale = quantize_activations_per_token(x, bits)
+    return (q.float() * scale).to(x.dtype)
+
+
+def fake_quantize_activations_reference(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Token by token with Python scalars (slow; for tests)."""
+    qmin, qmax = qrange(bits)
+    rows = x.detach().float().reshape(-1, x.shape[-1])
+    out = torch.empty_like(rows)
+    for i, row in enumerate(rows):
+        amax = float(row.abs().max())
+        s = amax / qmax if amax > 0 else 1.0
+        out[i] = torch.tensor([min(max(round(v / s), qmin), qmax) * s for v in row.tolist()])
+    return out.reshape(x.shape).to(x.dtype)
+
+
 # ---------------------------------------------------------------- packing
 
 

@@ -13,6 +13,7 @@ from fnmatch import fnmatch
 import torch
 from torch import nn
 
+from components.compression.activations import install_activation_quant
 from components.compression.calibration import (
     Batch,
     InputStats,
@@ -159,7 +160,12 @@ def compress_model(
     targets = target_linears(model, variant.exclude)
     if not targets:
         raise ValueError(f"variant {variant.name!r} targets no linear layer (exclude={variant.exclude})")
-    group_size = resolve_group_size(quant.group_size, [m.in_features for m in targets.values()]) if quant else None
+    channelwise = quant is not None and quant.group_size == "channel"
+    group_size = (
+        resolve_group_size(quant.group_size, [m.in_features for m in targets.values()])
+        if quant is not None and not channelwise
+        else None
+    )
     needs_stats = (prune is not None and prune.method == "wanda") or (quant is not None and quant.method == "gptq")
     if needs_stats and not calib_batches:
         raise ValueError(f"variant {variant.name!r} needs calibration batches")
@@ -172,11 +178,17 @@ def compress_model(
 
     def compress_fn(name: str, module: nn.Linear, stats: InputStats | None) -> None:
         bits = overrides.get(name, quant.bits) if quant else None
-        records[name] = compress_linear(name, module, prune, quant, bits, group_size, stats, sparsity.get(name, 0.0))
+        gs = module.in_features if channelwise else group_size  # one group per row = per-channel scale
+        records[name] = compress_linear(name, module, prune, quant, bits, gs, stats, sparsity.get(name, 0.0))
 
     hessian = quant is not None and quant.method == "gptq"
     sequential_compress(model, calib_batches, targets, needs_stats, hessian, compress_fn, progress)
-    state = CompressionState(variant=variant, group_size=group_size, layers=records)
+    activation_bits = quant.activation_bits if quant is not None else None
+    if activation_bits:
+        # from here on the model computes what a W8A8 server computes (inputs rounded per token)
+        install_activation_quant(model, list(records), activation_bits)
+    state = CompressionState(variant=variant, group_size=group_size, layers=records,
+                             channelwise=channelwise, activation_bits=activation_bits)  # fmt: skip
     state.per_layer_sparsity = {n: r.sparsity for n, r in records.items()}
     state.per_layer_bits = {n: r.bits for n, r in records.items() if r.bits is not None}
     state.stats = compute_stats(model, records, time.perf_counter() - t0)

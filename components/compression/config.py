@@ -3,6 +3,8 @@
 Short strings, joined with ``+`` (at most one pruning, one quantization, one mixed-precision part):
   ``magnitude-50``, ``wanda-50``, ``wanda-2:4``, ``wanda-60-sens`` (sensitivity-allocated sparsity)
   ``rtn-w8``, ``gptq-w4g64``, ``gptq-w4g64-asym-act`` (asymmetric, act-order)
+  ``rtn-w8a8``, ``gptq-w8a8`` (int8 weights per output channel + int8 activations per token,
+  dynamic: compressed-tensors W8A8, which vLLM serves with int8 GEMMs on GPUs and x86 CPUs)
   ``mp2`` / ``mp0.5`` (mixed 4/8-bit precision within a 2 / 0.5 point accuracy budget)
 e.g. ``wanda-2:4+rtn-w8`` or ``gptq-w4g64+mp1``.
 """
@@ -38,7 +40,12 @@ class QuantConfig(BaseModel):
     method: Literal["rtn", "gptq"] = "gptq"
     bits: Literal[4, 8] = 4
     symmetric: bool = True
-    group_size: int | Literal["auto"] = "auto"
+    group_size: int | Literal["auto", "channel"] = Field(
+        "auto", description="auto: largest of 128/64/32 dividing every input width; channel: one scale per output row"
+    )
+    activation_bits: Literal[8] | None = Field(
+        None, description="8: also quantize each linear's input per token at run time (W8A8); needs bits 8"
+    )
     act_order: bool = False
     damp: float = Field(0.01, gt=0.0)
     block_size: int = Field(128, ge=1)
@@ -49,6 +56,21 @@ class QuantConfig(BaseModel):
         if isinstance(v, int) and (v < 8 or v % 8):
             raise ValueError("group_size must be 'auto' or a positive multiple of 8 (packing is 8 int4 per int32)")
         return v
+
+    @model_validator(mode="after")
+    def _w8a8_rules(self) -> "QuantConfig":
+        if self.activation_bits is None:
+            return self
+        # vLLM's int8 W8A8 kernels take per-channel (or per-tensor) symmetric weight scales only
+        if self.bits != 8:
+            raise ValueError("activation_bits 8 needs bits 8 (W8A8); int4 weights with int8 activations are not served")
+        if not self.symmetric:
+            raise ValueError("activation_bits 8 needs symmetric weights (vLLM's W8A8 int8 kernels)")
+        if self.group_size == "auto":
+            self.group_size = "channel"
+        if self.group_size != "channel":
+            raise ValueError("activation_bits 8 needs group_size 'channel' (one weight scale per output row)")
+        return self
 
 
 class MixedPrecisionConfig(BaseModel):
@@ -82,11 +104,13 @@ class VariantConfig(BaseModel):
             raise ValueError(f"variant {self.name!r} neither prunes nor quantizes")
         if self.mixed_precision is not None and self.quant is None:
             raise ValueError("mixed_precision needs a quant section (its method, group size, symmetry)")
+        if self.mixed_precision is not None and self.quant.group_size == "channel":
+            raise ValueError("mixed_precision needs group-wise scales; it cannot be combined with per-channel or W8A8")
         return self
 
 
 _PRUNE = re.compile(r"^(magnitude|wanda)-(2:4|\d{1,2})(-sens)?$")
-_QUANT = re.compile(r"^(rtn|gptq)-w(4|8)(?:g(\d+))?((?:-(?:asym|act))*)$")
+_QUANT = re.compile(r"^(rtn|gptq)-w(4|8)(a8)?(?:g(\d+))?((?:-(?:asym|act))*)$")
 _MIXED = re.compile(r"^mp(\d+(?:\.\d+)?)$")
 
 
@@ -107,19 +131,20 @@ def parse_variant(spec: str) -> VariantConfig:
         elif m := _QUANT.match(part):
             if "quant" in fields:
                 raise ValueError(f"{spec!r}: more than one quantization part")
-            method, bits, group, flags = m.groups()
+            method, bits, a8, group, flags = m.groups()
             fields["quant"] = QuantConfig(
                 method=method,
                 bits=int(bits),
                 group_size=int(group) if group else "auto",
                 symmetric="-asym" not in flags,
                 act_order="-act" in flags,
+                activation_bits=8 if a8 else None,
             )
         elif m := _MIXED.match(part):
             fields["mixed_precision"] = MixedPrecisionConfig(budget_points=float(m.group(1)))
         else:
             raise ValueError(
                 f"{spec!r}: cannot parse {part!r}; expected e.g. 'wanda-2:4', 'magnitude-50', "
-                "'rtn-w8', 'gptq-w4g64', 'gptq-w4-asym-act' or 'mp1', joined with '+'"
+                "'rtn-w8', 'rtn-w8a8', 'gptq-w4g64', 'gptq-w4-asym-act' or 'mp1', joined with '+'"
             )
     return VariantConfig(**fields)

@@ -1,10 +1,13 @@
 """Write compressed models: a dense transformers checkpoint and a compressed-tensors one for vLLM.
 
-The compressed-tensors checkpoint uses the ``pack-quantized`` format with the ``group`` strategy
+Weight-only schemes use the ``pack-quantized`` format with the ``group`` strategy
 (W4A16 / W8A16: int weights packed 8 or 4 to an int32, one scale per group, zero points only when
 asymmetric) and a ``quantization_config`` in config.json with ``quant_method: compressed-tensors``,
 which is what both transformers' loader and vLLM's ``CompressedTensorsWNA16`` read. Our own
 scales and zero points are written, so the checkpoint holds exactly the integers we computed.
+W8A8 (``rtn-w8a8``/``gptq-w8a8``) uses ``int-quantized``: int8 weights with one scale per output
+channel and ``input_activations`` int8 per token, dynamic (``CompressedTensorsW8A8Int8`` in vLLM,
+which runs on x86 CPUs without AVX-512 as well as on GPUs).
 
 Pruned-only variants have no quantized layers: vLLM no longer has 2:4 sparse kernels, so they are
 served as the dense checkpoint with zeros.
@@ -20,15 +23,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from components.compression.activations import write_sidecar
 from components.compression.calibration import Batch
 from components.compression.state import CompressionState
 
 
-def export_dense(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
-    """``save_pretrained`` of the model as it computes (pruned zeros, dequantized fake-quant weights)."""
+def export_dense(model: nn.Module, tokenizer, out_dir: str | Path, state: CompressionState | None = None) -> Path:
+    """``save_pretrained`` of the model as it computes (pruned zeros, dequantized fake-quant weights).
+
+    A W8A8 state adds the activation sidecar, so ``load_model`` quantizes inputs again."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
+    if state is not None and state.activation_bits:
+        write_sidecar(out, [n for n, r in state.layers.items() if r.bits is not None], state.activation_bits)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out
@@ -36,7 +44,13 @@ def export_dense(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
 
 def _scheme_key(state: CompressionState, name: str) -> tuple[int, int, bool]:
     r = state.layers[name]
-    return r.bits, r.group_size, r.symmetric
+    return r.bits, 0 if state.channelwise else r.group_size, r.symmetric  # 0: per output channel
+
+
+def checkpoint_format(state: CompressionState) -> str:
+    """``int-quantized`` (one int8 per weight) for W8A8, which vLLM's int8 GEMM path reads;
+    ``pack-quantized`` (ints packed into int32 words) for weight-only schemes."""
+    return "int-quantized" if state.activation_bits else "pack-quantized"
 
 
 def build_quantization_config(state: CompressionState, all_linears: list[str]):
@@ -50,15 +64,21 @@ def build_quantization_config(state: CompressionState, all_linears: list[str]):
         schemes.setdefault(_scheme_key(state, n), []).append(n)
     uniform = len(schemes) == 1
     groups = {}
+    acts = None
+    if state.activation_bits:
+        acts = QuantizationArgs(num_bits=state.activation_bits, type="int", symmetric=True, strategy="token", dynamic=True)
     for i, ((bits, group_size, symmetric), names) in enumerate(sorted(schemes.items())):
+        if group_size:
+            w = QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric, strategy="group", group_size=group_size)
+        else:
+            w = QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric, strategy="channel")
         groups[f"group_{i}"] = QuantizationScheme(
-            targets=["Linear"] if uniform else sorted(names),
-            weights=QuantizationArgs(
-                num_bits=bits, type="int", symmetric=symmetric, strategy="group", group_size=group_size, dynamic=False
-            ),
+            targets=["Linear"] if uniform else sorted(names), weights=w, input_activations=acts
         )
     ignore = sorted(set(all_linears) - set(quantized)) if uniform else []
-    return QuantizationConfig(config_groups=groups, ignore=ignore, format="pack-quantized", quantization_status="frozen")
+    return QuantizationConfig(
+        config_groups=groups, ignore=ignore, format=checkpoint_format(state), quantization_status="frozen"
+    )
 
 
 def export_compressed_tensors(model: nn.Module, state: CompressionState, tokenizer, out_dir: str | Path) -> Path:
@@ -85,7 +105,7 @@ def export_compressed_tensors(model: nn.Module, state: CompressionState, tokeniz
             mod.weight_scale.copy_(rec.scale.to(mod.weight_scale.dtype))
             if hasattr(mod, "weight_zero_point"):
                 mod.weight_zero_point.copy_(rec.zero.to(mod.weight_zero_point.dtype))
-    compressor = ModelCompressor.from_pretrained_model(m, quantization_format="pack-quantized")
+    compressor = ModelCompressor.from_pretrained_model(m, quantization_format=checkpoint_format(state))
     compressor.compress_model(m)
     m.save_pretrained(out)
     compressor.update_config(str(out))

@@ -40,12 +40,15 @@ class CompressionState:
     stats: dict[str, float] = field(default_factory=dict)
     per_layer_sparsity: dict[str, float] = field(default_factory=dict)
     per_layer_bits: dict[str, int] = field(default_factory=dict)
+    channelwise: bool = False  # one weight scale per output row (group = the layer's input width)
+    activation_bits: int | None = None  # 8: inputs quantized per token at run time (W8A8)
 
     def summary(self) -> dict:
         """JSON-friendly description (for MLflow params/metrics and the artifact's meta)."""
         return {
             "variant": self.variant.name,
-            "group_size": self.group_size,
+            "group_size": "channel" if self.channelwise else self.group_size,
+            "activation_bits": self.activation_bits,
             "stats": dict(self.stats),
             "per_layer_sparsity": dict(self.per_layer_sparsity),
             "per_layer_bits": dict(self.per_layer_bits),

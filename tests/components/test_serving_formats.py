@@ -61,3 +61,19 @@ def test_curl_example_is_a_valid_chat_request():
     assert argv[:3] == ["curl", "-s", "http://127.0.0.1:8100/v1/chat/completions"]
     body = json.loads(argv[argv.index("-d") + 1])
     assert body["model"] == "posttrain-policy" and body["messages"][0]["role"] == "user"
+
+
+def test_w8a8_is_served_as_it_is_on_an_avx2_cpu(tmp_path):
+    comp = _variant(tmp_path, 8)
+    cfg = json.loads((comp / "config.json").read_text())
+    group = cfg["quantization_config"]["config_groups"]["group_0"]
+    group["weights"].update(strategy="channel", group_size=None)
+    group["input_activations"] = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token", "dynamic": True}
+    cfg["quantization_config"]["format"] = "int-quantized"
+    (comp / "config.json").write_text(json.dumps(cfg))
+    assert vllm_cpu_refusal(comp, avx512=False) is None
+    c = servable_folder(comp, gpu=False, avx512=False)
+    assert (c.folder, c.format, c.fallback_from) == (comp, "compressed-tensors w8a8", None)
+    group["weights"]["num_bits"] = 4  # W4A8 has no int8 GEMM path on the CPU
+    (comp / "config.json").write_text(json.dumps(cfg))
+    assert "W8A8 only" in vllm_cpu_refusal(comp, avx512=True)
