@@ -9,7 +9,9 @@ No logits ever reach global memory.
 Backward is matmul-bound, so it recomputes each token chunk's logits with torch
 (cuBLAS), turns them into dL/dlogits in place with one Triton elementwise kernel, and
 hands the two gradient matmuls back to torch. The gradient formula is derived in the
-``kernels.logprobs`` docstring.
+``kernels.logprobs`` docstring. For bf16/fp16 inputs the three matmuls run in that dtype on
+tensor cores (fp32 accumulation; the softmax work stays fp32): fp32 matmuls there ran 5x slower
+than a naive bf16 ``log_softmax`` on an H200 (``tests/bench/results/gpu.json``).
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ class TritonLogProbs(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, chunk_size: int,
-        block_n: int = 64, block_v: int = 128, block_h: int = 64,
+        block_n: int = 64, block_v: int = 128, block_h: int = 64, num_warps: int = 4, num_stages: int = 3,
     ) -> tuple[Tensor, Tensor]:
         n, hdim = hidden.shape
         v = weight.shape[0]
@@ -142,6 +144,7 @@ class TritonLogProbs(torch.autograd.Function):
             hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
             inv_t,
             BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h, PRECISION=precision,
+            **({"num_warps": num_warps, "num_stages": num_stages} if hidden.is_cuda else {}),
         )
         ctx.save_for_backward(hidden, weight, tg)
         ctx.inv_t = inv_t
@@ -155,12 +158,13 @@ class TritonLogProbs(torch.autograd.Function):
     def backward(ctx, g_logp: Tensor | None, g_ent: Tensor | None):  # type: ignore[override]
         hidden, weight, tg = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        nones = (None,) * 6
+        nones = (None,) * 8
         if (g_logp is None and g_ent is None) or not (need_h or need_w):
             return None, None, *nones
         n = hidden.shape[0]
         inv_t = ctx.inv_t
-        w = weight.float()
+        lowp = weight.is_cuda and weight.dtype in (torch.bfloat16, torch.float16)
+        w = weight if lowp else weight.float()
         gl = g_logp.float().contiguous() if g_logp is not None else torch.zeros_like(tg, dtype=torch.float32)
         ge = g_ent.float().contiguous() if g_ent is not None else torch.zeros_like(tg, dtype=torch.float32)
         grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None
@@ -168,19 +172,20 @@ class TritonLogProbs(torch.autograd.Function):
         block_c, block_v = ctx.grad_blocks
         for s in range(0, n, ctx.chunk_size):
             e = min(s + ctx.chunk_size, n)
-            h = hidden[s:e].float()
-            z = torch.mm(h * inv_t, w.t())
+            h = hidden[s:e] if lowp else hidden[s:e].float()
+            z = torch.mm(h, w.t()).float() * inv_t
             _grad_logits_kernel[(triton.cdiv(e - s, block_c),)](
                 z, tg[s:e], gl[s:e], ge[s:e],
                 e - s, w.shape[0], z.stride(0),
                 inv_t,
                 BLOCK_C=block_c, BLOCK_V=block_v,
             )
+            g = z.to(w.dtype) if lowp else z
             if need_h:
-                grad_h[s:e] = z @ w
+                grad_h[s:e] = g @ w
             if need_w:
-                grad_w.addmm_(z.t(), h)
-            del z
+                grad_w.add_(g.t() @ h) if lowp else grad_w.addmm_(g.t(), h)
+            del z, g
         return (
             grad_h.to(hidden.dtype) if need_h else None,
             grad_w.to(weight.dtype) if need_w else None,
@@ -188,9 +193,13 @@ class TritonLogProbs(torch.autograd.Function):
         )
 
 
+# fastest correct forward tiles of a 48-config sweep on an H200 (tests/bench/results/gpu_sweep.json)
+FWD_CONFIG = {"block_n": 64, "block_v": 256, "block_h": 64, "num_warps": 8, "num_stages": 3}
+
+
 def triton_token_logprobs(
     hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float = 1.0, chunk_size: int = 1024,
-    block_n: int = 64, block_v: int = 128, block_h: int = 64,
+    config: dict | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(logp, entropy) per token via Triton; fp32 outputs, grads in the input dtypes."""
     _check_inputs(hidden, weight, targets, temperature)
@@ -199,7 +208,9 @@ def triton_token_logprobs(
     if weight.dtype != hidden.dtype:
         raise ValueError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must share a dtype for tl.dot")
     h, t, lead = _flatten(hidden, targets)
+    c = {**FWD_CONFIG, **(config or {})}
     logp, ent = TritonLogProbs.apply(
-        h, weight, t, float(temperature), int(chunk_size), int(block_n), int(block_v), int(block_h)
-    )
+        h, weight, t, float(temperature), int(chunk_size),
+        c["block_n"], c["block_v"], c["block_h"], c["num_warps"], c["num_stages"],
+    )  # fmt: skip
     return logp.view(lead), ent.view(lead)

@@ -263,22 +263,42 @@ if HAS_TRITON:
         )
 
 
-def _dequant_matmul_triton(x, packed, scale, zero, group_size, bits):
+def dequant_launch_config(m: int) -> dict[str, int]:
+    """Tile sizes by the number of activation rows (tokens): decode-sized inputs want many narrow
+    column tiles so every SM has work; large batches want tall tiles so each dequantized weight tile
+    feeds many rows (the dequantization runs on CUDA cores and otherwise bounds the kernel).
+    Picked from the sweep in ``tests/bench/bench_gpu.py --sweep`` on an H200."""
+    if m <= 16:
+        return {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 256, "num_warps": 4, "num_stages": 2}
+    if m <= 256:
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3}
+    return {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3}
+
+
+# Above this many rows the fused kernel loses to "dequantize the weight once, then cuBLAS" on an
+# H200 (its per-element unpacking runs on CUDA cores): 1.4 vs 0.8 ms at 256 rows, 11 vs 3.4 ms at
+# 4096 (tests/bench/results/gpu.json). ``auto`` uses it for decode-sized inputs only.
+TRITON_MAX_ROWS = 64
+
+
+def _dequant_matmul_triton(x, packed, scale, zero, group_size, bits, config: dict[str, int] | None = None):
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     M, K = x2.shape
     N = packed.shape[0]
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    block_k = min(64, group_size) if group_size >= 16 else 16
+    cfg = dict(config or dequant_launch_config(M))
+    if not x.is_cuda:  # the interpreter: small tiles keep CPU tests quick; no warps or stages there
+        cfg = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=min(64, group_size) if group_size >= 16 else 16)
     z = zero if zero is not None else scale  # placeholder pointer, never read
-    grid = (triton.cdiv(M, 32), triton.cdiv(N, 64))
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]))
     _dequant_matmul_kernel[grid](
         x2, packed, scale, z, y, M, N, K,
         x2.stride(0), x2.stride(1), packed.stride(0), packed.stride(1),
         scale.stride(0), scale.stride(1), z.stride(0), z.stride(1), y.stride(0), y.stride(1),
         GROUP_SIZE=group_size, BITS=bits, HAS_ZERO=zero is not None,
         LOW_PRECISION=x.dtype in (torch.float16, torch.bfloat16),
-        BLOCK_M=32, BLOCK_N=64, BLOCK_K=block_k,
+        **cfg,
     )  # fmt: skip
     return y.reshape(*lead, N)
 
@@ -300,7 +320,10 @@ def dequant_matmul(
         raise ValueError(f"x has {x.shape[-1]} features but the packed weight holds {packed.shape[1] * (32 // bits)}")
     if impl == "reference":
         return dequant_matmul_reference(x, packed, scale, zero, group_size, bits)
-    use_triton = HAS_TRITON and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+    rows = x.numel() // max(x.shape[-1], 1)
+    use_triton = HAS_TRITON and (
+        (x.is_cuda and rows <= TRITON_MAX_ROWS) or (not x.is_cuda and os.environ.get("TRITON_INTERPRET") == "1")
+    )
     if impl == "triton" or (impl == "auto" and use_triton):
         return _dequant_matmul_triton(x, packed, scale, zero, group_size, bits)
     return _dequant_matmul_torch(x, packed, scale, zero, group_size, bits)

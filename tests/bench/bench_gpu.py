@@ -1,6 +1,6 @@
 """CUDA benchmarks: each optimised path against its plain-torch baseline in the same run.
 
-    python tests/bench/bench_gpu.py [--out tests/bench/results/gpu.json] [--quick]
+    python tests/bench/bench_gpu.py [--out tests/bench/results/gpu.json] [--sweep]
 
 1. log-prob + entropy, forward + backward: naive ``log_softmax`` over materialised logits, the
    chunked torch path, and the Triton kernel (time and peak memory);
@@ -163,10 +163,81 @@ def bench_train_step(batch: int, seq: int) -> dict:
     return out
 
 
+def sweep_dequant() -> list[dict]:
+    """Every candidate tile config per activation-row count: correctness first, then time."""
+    from kernels.quant import _dequant_matmul_triton, dequant_launch_config
+
+    w = torch.randn(4096, 4096, device=DEV) * 0.05
+    q, scale, zero = quantize_rtn(w, 4, 64, True)
+    packed = pack_int(q, 4)
+    grids = {
+        (1, 16): [dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=ns)
+                  for bn in (16, 32, 64) for bk in (64, 128, 256) for nw in (2, 4) for ns in (2, 4)],
+        (256,): [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=3)
+                 for bm in (32, 64) for bn in (64, 128) for bk in (64, 128) for nw in (4, 8)],
+        (4096,): [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=3)
+                  for bm in (64, 128) for bn in (64, 128, 256) for bk in (32, 64) for nw in (4, 8)],
+    }  # fmt: skip
+    out = []
+    for ms, cfgs in grids.items():
+        for m in ms:
+            x = torch.randn(m, 4096, device=DEV).bfloat16()
+            want = dequant_matmul(x, packed, scale, zero, 64, 4, impl="torch").float()
+            dense = cuda_time(lambda: F.linear(x, w.bfloat16()), reps=20)
+            best, rows = None, []
+            for cfg in cfgs + [dequant_launch_config(m)]:
+                try:
+                    got = _dequant_matmul_triton(x, packed, scale, zero, 64, 4, cfg).float()
+                    ok = bool(((got - want).abs().max() <= 3e-2 * want.abs().max()).item())
+                    ms_ = cuda_time(lambda: _dequant_matmul_triton(x, packed, scale, zero, 64, 4, cfg), reps=20)
+                except Exception as e:  # noqa: BLE001 - a config that does not compile is just skipped
+                    rows.append({**cfg, "error": type(e).__name__})
+                    continue
+                rows.append({**cfg, "ok": ok, "ms": round(ms_, 4)})
+                if ok and (best is None or ms_ < best["ms"]):
+                    best = {**cfg, "ms": round(ms_, 4)}
+            cur = dequant_launch_config(m)
+            cur_ms = next(r["ms"] for r in reversed(rows) if all(r.get(k) == v for k, v in cur.items()))
+            out.append({"m": m, "dense_bf16_ms": round(dense, 4), "best": best, "current": {**cur, "ms": cur_ms},
+                        "tried": len(cfgs), "failed": sum("error" in r or not r.get("ok") for r in rows)})  # fmt: skip
+            print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def sweep_logprobs_fwd(n: int = 8192, hdim: int = 576, vocab: int = 49152) -> dict:
+    from kernels._triton_logprobs import triton_token_logprobs
+
+    h = (torch.randn(n, hdim, device=DEV) * 0.5).bfloat16()
+    w = (torch.randn(vocab, hdim, device=DEV) * 0.05).bfloat16()
+    t = torch.randint(0, vocab, (n,), device=DEV)
+    ref, _ = naive_logprobs(h, w, t)
+    naive = cuda_time(lambda: naive_logprobs(h, w, t), reps=10)
+    rows, best = [], None
+    for bn in (64, 128):
+        for bv in (64, 128, 256):
+            for bh in (32, 64):
+                for nw in (4, 8):
+                    for ns in (2, 3):
+                        cfg = dict(block_n=bn, block_v=bv, block_h=bh, num_warps=nw, num_stages=ns)
+                        try:
+                            lp, _ = triton_token_logprobs(h, w, t, config=cfg)
+                            ok = bool(((lp - ref).abs().max() < 5e-2).item())
+                            ms_ = cuda_time(lambda: triton_token_logprobs(h, w, t, config=cfg), reps=10)
+                        except Exception as e:  # noqa: BLE001
+                            rows.append({**cfg, "error": type(e).__name__})
+                            continue
+                        rows.append({**cfg, "ok": ok, "ms": round(ms_, 3)})
+                        if ok and (best is None or ms_ < best["ms"]):
+                            best = {**cfg, "ms": round(ms_, 3)}
+    cur = cuda_time(lambda: triton_token_logprobs(h, w, t), reps=10)
+    return {"tokens": n, "hidden": hdim, "vocab": vocab, "naive_fwd_ms": round(naive, 3), "current_fwd_ms": round(cur, 3),
+            "best": best, "tried": len(rows), "failed": sum("error" in r or not r.get("ok") for r in rows)}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=ROOT / "tests/bench/results/gpu.json")
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="search kernel tile configs instead of the benchmark")
     a = ap.parse_args()
     res: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     try:
@@ -176,6 +247,9 @@ def main() -> None:
     except ImportError:
         pass
     sections = {
+        "sweep_dequant": sweep_dequant,
+        "sweep_logprobs_fwd": lambda: [sweep_logprobs_fwd()],
+    } if a.sweep else {
         "logprobs": lambda: [bench_logprobs(8192, 576, 49152), bench_logprobs(16384, 2048, 151936)],
         "dequant_matmul": lambda: [bench_dequant(m, 4096, 4096, b) for b in (4, 8) for m in (1, 16, 256, 4096)],
         "semi_structured_24": lambda: [bench_semi_structured(m, 4096, 4096) for m in (256, 4096, 16384)],

@@ -44,7 +44,7 @@ for case in cases:
     t = torch.randint(0, v, (n,), generator=g)
     a, b = torch.randn(n, generator=g), torch.randn(n, generator=g)
     blocks = case["blocks"]
-    tri = lambda h, w, t, T: triton_token_logprobs(h, w, t, T, chunk_size=16, block_n=blocks[0], block_v=blocks[1], block_h=blocks[2])
+    tri = lambda h, w, t, T: triton_token_logprobs(h, w, t, T, chunk_size=16, config=dict(block_n=blocks[0], block_v=blocks[1], block_h=blocks[2]))
     if case.get("dispatch"):
         tri = lambda h, w, t, T: token_logprobs(h, w, t, T, chunk_size=16, impl="triton")
     # Ground truth in fp64 from the very same (rounded) inputs, so only Triton's error is measured.
