@@ -120,7 +120,11 @@ def build_tiny_model(out_dir: Path, hidden_size: int = 64, num_layers: int = 2, 
 def copy_local(src: Path, out_dir: Path) -> dict:
     if not (src / "config.json").exists():
         raise ModelSourceError(f"{src} is not a transformers checkpoint folder (no config.json)")
-    shutil.copytree(src, out_dir, dirs_exist_ok=True)
+    # A W8A8 variant's activation sidecar stays behind: a base model for training must not round
+    # its activations (round has no gradient); compress re-applies quantization afterwards.
+    from components.compression.activations import SIDECAR
+
+    shutil.copytree(src, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(SIDECAR))
     return {"source": str(src)}
 
 

@@ -99,3 +99,15 @@ def test_w8a8_exports_int_quantized_and_the_dense_twin_reloads_its_hooks(model, 
     spec = json.loads((dense / "activation_quant.json").read_text())
     assert spec["num_bits"] == 8 and len(spec["targets"]) == 14
     assert torch.allclose(_logits(load_model(dense), batches[0]), want, atol=1e-5)
+
+
+def test_a_w8a8_twin_as_a_base_model_trains_without_activation_rounding(model, batches, tmp_path):
+    """Retraining from a W8A8 champion copies its dense twin, not the sidecar (round has no gradient)."""
+    from components.models import copy_local
+
+    state = compress_model(model, parse_variant("rtn-w8a8"), batches)
+    twin = export_dense(model, None, tmp_path / "twin", state)
+    copy_local(twin, tmp_path / "base")
+    assert (twin / "activation_quant.json").exists() and not (tmp_path / "base" / "activation_quant.json").exists()
+    base = load_model(tmp_path / "base")
+    assert not any(m._forward_pre_hooks for m in base.modules())
