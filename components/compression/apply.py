@@ -24,6 +24,7 @@ from components.compression.calibration import (
     sequential_compress,
 )
 from components.compression.config import PruneConfig, QuantConfig, VariantConfig
+from components.compression.smoothing import smooth
 from components.compression.state import CompressionState, LayerCompression, compute_stats
 from kernels.gptq import gptq_quantize
 from kernels.quant import dequantize, pack_int, quantize_rtn
@@ -157,6 +158,10 @@ def compress_model(
     ``bits_override`` gives per-layer bit widths (mixed precision); others use ``quant.bits``."""
     t0 = time.perf_counter()
     prune, quant = variant.prune, variant.quant
+    if quant is not None and quant.smoothing is not None:
+        if not calib_batches:
+            raise ValueError(f"variant {variant.name!r} smooths activations and needs calibration batches")
+        smooth(model, calib_batches, quant.smoothing)  # exact in float; changes what rounding sees
     targets = target_linears(model, variant.exclude)
     if not targets:
         raise ValueError(f"variant {variant.name!r} targets no linear layer (exclude={variant.exclude})")

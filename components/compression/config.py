@@ -4,7 +4,8 @@ Short strings, joined with ``+`` (at most one pruning, one quantization, one mix
   ``magnitude-50``, ``wanda-50``, ``wanda-2:4``, ``wanda-60-sens`` (sensitivity-allocated sparsity)
   ``rtn-w8``, ``gptq-w4g64``, ``gptq-w4g64-asym-act`` (asymmetric, act-order)
   ``rtn-w8a8``, ``gptq-w8a8`` (int8 weights per output channel + int8 activations per token,
-  dynamic: compressed-tensors W8A8, which vLLM serves with int8 GEMMs on GPUs and x86 CPUs)
+  dynamic: compressed-tensors W8A8, which vLLM serves with int8 GEMMs on GPUs and x86 CPUs);
+  ``-sq`` adds SmoothQuant scaling (alpha 0.5) first, e.g. ``rtn-w8a8-sq``
   ``mp2`` / ``mp0.5`` (mixed 4/8-bit precision within a 2 / 0.5 point accuracy budget)
 e.g. ``wanda-2:4+rtn-w8`` or ``gptq-w4g64+mp1``.
 """
@@ -46,6 +47,10 @@ class QuantConfig(BaseModel):
     activation_bits: Literal[8] | None = Field(
         None, description="8: also quantize each linear's input per token at run time (W8A8); needs bits 8"
     )
+    smoothing: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="SmoothQuant alpha (e.g. 0.5): move activation outliers into the weights first; W8A8 only",
+    )  # fmt: skip
     act_order: bool = False
     damp: float = Field(0.01, gt=0.0)
     block_size: int = Field(128, ge=1)
@@ -60,6 +65,8 @@ class QuantConfig(BaseModel):
     @model_validator(mode="after")
     def _w8a8_rules(self) -> "QuantConfig":
         if self.activation_bits is None:
+            if self.smoothing is not None:
+                raise ValueError("smoothing needs activation_bits 8: it only helps quantized activations")
             return self
         # vLLM's int8 W8A8 kernels take per-channel (or per-tensor) symmetric weight scales only
         if self.bits != 8:
@@ -110,7 +117,7 @@ class VariantConfig(BaseModel):
 
 
 _PRUNE = re.compile(r"^(magnitude|wanda)-(2:4|\d{1,2})(-sens)?$")
-_QUANT = re.compile(r"^(rtn|gptq)-w(4|8)(a8)?(?:g(\d+))?((?:-(?:asym|act))*)$")
+_QUANT = re.compile(r"^(rtn|gptq)-w(4|8)(a8)?(?:g(\d+))?((?:-(?:asym|act|sq))*)$")
 _MIXED = re.compile(r"^mp(\d+(?:\.\d+)?)$")
 
 
@@ -139,6 +146,7 @@ def parse_variant(spec: str) -> VariantConfig:
                 symmetric="-asym" not in flags,
                 act_order="-act" in flags,
                 activation_bits=8 if a8 else None,
+                smoothing=0.5 if "-sq" in flags else None,
             )
         elif m := _MIXED.match(part):
             fields["mixed_precision"] = MixedPrecisionConfig(budget_points=float(m.group(1)))

@@ -67,12 +67,12 @@ def test_smoke_flow_runs_then_caches(flow_env):
 
     # Changing one compress option recomputes that variant, evaluate and deploy, nothing upstream.
     # (a W8A8 variant: its dense twin carries the activation sidecar that evaluation loads)
-    third = post_training(recipe="smoke", overrides=["compress.variants=[rtn-w8a8, magnitude-2:4]"])
+    third = post_training(recipe="smoke", overrides=["compress.variants=[rtn-w8a8-sq, magnitude-2:4]"])
     cached = {k: v["cached"] for k, v in third["stages"].items()}
     assert cached == {"prepare_model": True, "curate": True, "estimate_difficulty": True, "rl_train": True,
-                      "compress:rtn-w8a8": False, "compress:magnitude-2:4": True, "evaluate": False,
+                      "compress:rtn-w8a8-sq": False, "compress:magnitude-2:4": True, "evaluate": False,
                       "deploy": False}
-    w8a8 = Path(next(iter(third["stages"]["compress:rtn-w8a8"]["outputs"].values()))["uri"])
+    w8a8 = Path(next(iter(third["stages"]["compress:rtn-w8a8-sq"]["outputs"].values()))["uri"])
     assert json.loads((w8a8 / "model" / "activation_quant.json").read_text())["num_bits"] == 8
     qc = json.loads((w8a8 / "compressed" / "config.json").read_text())["quantization_config"]
     assert qc["format"] == "int-quantized" and qc["config_groups"]["group_0"]["input_activations"]["num_bits"] == 8

@@ -34,14 +34,24 @@ def _logprobs(model, prompt: list[int], completion: list[int]) -> torch.Tensor:
     return lp.gather(1, torch.tensor(completion)[:, None])[:, 0]
 
 
-def test_vllm_serves_our_w8a8_checkpoint(vllm_venv, make_server_cfg, tmp_path: Path) -> None:
+def _calibration(tok) -> list[dict]:
+    texts = ["What is 12 + 30? 42", "Name a colour. Blue.", "The quick brown fox jumps over the lazy dog."]
+    ids = [tok(t, add_special_tokens=False)["input_ids"][:24] for t in texts]
+    width = max(map(len, ids))
+    batch = torch.tensor([i + [tok.pad_token_id] * (width - len(i)) for i in ids])
+    mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])
+    return [{"input_ids": batch, "attention_mask": mask}]
+
+
+@pytest.mark.parametrize("spec", ["rtn-w8a8", "rtn-w8a8-sq"])
+def test_vllm_serves_our_w8a8_checkpoint(spec, vllm_venv, make_server_cfg, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
     base = build_tiny_llama(tmp_path / "base", seed=3)
     tok = AutoTokenizer.from_pretrained(base)
     variant = tmp_path / "variant"
     model = load_model(base).eval()
-    state = compress_model(model, parse_variant("rtn-w8a8"), [])
+    state = compress_model(model, parse_variant(spec), _calibration(tok))
     export_dense(model, tok, variant / "model", state)
     export_compressed_tensors(model, state, tok, variant / "compressed")
     choice = servable_folder(variant / "compressed", gpu=False, avx512=False)
