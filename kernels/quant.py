@@ -276,7 +276,7 @@ def dequant_launch_config(m: int) -> dict[str, int]:
 
 
 # Above this many rows the fused kernel loses to "dequantize the weight once, then cuBLAS" on an
-# H200 (its per-element unpacking runs on CUDA cores): 1.4 vs 0.8 ms at 256 rows, 11 vs 3.4 ms at
+# H200 (its per-element unpacking runs on CUDA cores): 1.1 vs 0.9 ms at 256 rows, 10.9 vs 3.5 ms at
 # 4096 (tests/bench/results/gpu.json). ``auto`` uses it for decode-sized inputs only.
 TRITON_MAX_ROWS = 64
 

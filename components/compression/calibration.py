@@ -28,6 +28,7 @@ class InputStats:
     sumsq: torch.Tensor  # [I] sum of x_j^2
     xtx: torch.Tensor | None  # [I, I] sum of x x^T, when a Hessian is needed
     n: int = 0
+    absmax: torch.Tensor | None = None  # [I] max |x_j| (SmoothQuant's activation scale)
 
     def col_norms(self) -> torch.Tensor:
         """``||X_j||_2`` per input column (Wanda's activation factor)."""
@@ -108,6 +109,8 @@ class StatsCollector:
                 xtx = torch.zeros(width, width, device=x2.device) if self.hessian else None
                 st = self.stats[name] = InputStats(torch.zeros(width, device=x2.device), xtx)
             st.sumsq += (x2 * x2).sum(dim=0)
+            amax = x2.abs().amax(dim=0) if x2.shape[0] else torch.zeros_like(st.sumsq)
+            st.absmax = amax if st.absmax is None else torch.maximum(st.absmax, amax)
             if st.xtx is not None:
                 st.xtx.addmm_(x2.T, x2)
             st.n += x2.shape[0]

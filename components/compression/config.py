@@ -45,7 +45,8 @@ class QuantConfig(BaseModel):
         "auto", description="auto: largest of 128/64/32 dividing every input width; channel: one scale per output row"
     )
     activation_bits: Literal[8] | None = Field(
-        None, description="8: also quantize each linear's input per token at run time (W8A8); needs bits 8"
+        None, description="8: also quantize each linear's input per token at run time (W8A8); needs bits 8, "
+        "symmetric weights, and sets group_size 'auto' to 'channel'"
     )
     smoothing: float | None = Field(
         None, ge=0.0, le=1.0,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.compression.calibration import Batch, decoder_layers
+from components.compression.calibration import Batch, collect_stats, decoder_layers
 
 # (norm attribute of the block, linears it feeds) for Llama/Mistral/Qwen-style decoder blocks
 MAPPINGS = (
@@ -31,36 +31,19 @@ def _get(module: nn.Module, dotted: str) -> nn.Module | None:
     return module
 
 
-@torch.inference_mode()
 def activation_absmax(model: nn.Module, batches: list[Batch]) -> dict[tuple[int, str], torch.Tensor]:
-    """max |x_j| over the calibration tokens (padding dropped) at each mapped norm's output."""
-    out: dict[tuple[int, str], torch.Tensor] = {}
-    handles = []
-    state = {"mask": None}
+    """max |x_j| over the calibration tokens (padding dropped) at each mapped norm's output, read
+    at the first linear it feeds (one plain forward with the calibration hooks)."""
+    firsts: dict[str, tuple[int, str]] = {}
+    modules: dict[str, nn.Linear] = {}
     for i, layer in enumerate(decoder_layers(model)):
         for norm_name, linears in MAPPINGS:
             first = _get(layer, linears[0])
-            if first is None or _get(layer, norm_name) is None:
-                continue
-
-            def hook(mod, args, key=(i, norm_name)):
-                x = args[0].reshape(-1, args[0].shape[-1])
-                if state["mask"] is not None and state["mask"].numel() == x.shape[0]:
-                    x = x[state["mask"]]
-                m = x.abs().amax(dim=0).float()
-                out[key] = m if key not in out else torch.maximum(out[key], m)
-
-            handles.append(first.register_forward_pre_hook(hook))
-    dev = next(model.parameters()).device
-    try:
-        for b in batches:
-            mask = b.get("attention_mask")
-            state["mask"] = None if mask is None else mask.reshape(-1).bool().to(dev)
-            model(input_ids=b["input_ids"].to(dev), attention_mask=None if mask is None else mask.to(dev), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return out
+            if isinstance(first, nn.Linear) and _get(layer, norm_name) is not None:
+                name = f"{i}.{linears[0]}"
+                firsts[name], modules[name] = (i, norm_name), first
+    stats = collect_stats(model, batches, modules)
+    return {firsts[n]: st.absmax for n, st in stats.items() if st.absmax is not None}
 
 
 @torch.no_grad()

@@ -111,3 +111,18 @@ def test_a_w8a8_twin_as_a_base_model_trains_without_activation_rounding(model, b
     assert (twin / "activation_quant.json").exists() and not (tmp_path / "base" / "activation_quant.json").exists()
     base = load_model(tmp_path / "base")
     assert not any(m._forward_pre_hooks for m in base.modules())
+
+
+def test_weight_only_per_channel_exports_the_channel_strategy(model, batches, tmp_path):
+    """``group_size: channel`` without activation quantization: W8A16 with one scale per row."""
+    variant = VariantConfig(name="rtn-w8-channel", quant={"method": "rtn", "bits": 8, "group_size": "channel"})
+    state = compress_model(model, variant, batches)
+    assert state.channelwise and state.activation_bits is None
+    assert not any(m._forward_pre_hooks for m in model.modules())  # weights only: inputs stay float
+    out = export_compressed_tensors(model, state, None, tmp_path / "ct")
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    group = qc["config_groups"]["group_0"]
+    assert qc["format"] == "pack-quantized" and group["input_activations"] is None
+    assert (group["weights"]["strategy"], group["weights"]["num_bits"]) == ("channel", 8)
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert torch.allclose(_logits(reloaded, batches[0]), _logits(model, batches[0]), atol=1e-4)
