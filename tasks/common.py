@@ -41,9 +41,10 @@ def key_from_params(_context, parameters: dict) -> str:
     return parameters["key"]
 
 
-def make_key(stage: str, config: dict, upstream: dict[str, ArtifactRef | str | None], modules) -> str:
+def make_key(stage: str, config: dict, upstream: dict[str, ArtifactRef | str | None], module: str) -> str:
+    """``module``: the stage module (components.stages.X); its code version is derived from its imports."""
     digests = {k: (v.sha256 if isinstance(v, ArtifactRef) else (v or "")) for k, v in upstream.items()}
-    return stage_key(stage, config, digests, modules, get_settings().cache_version)
+    return stage_key(stage, config, digests, module, get_settings().cache_version)
 
 
 def store() -> ArtifactStore:

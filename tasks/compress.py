@@ -9,7 +9,7 @@ from tasks.common import GPU, execute, make_key, stage_task, store
 
 def key_for(variant, calib_n: int, seq_len: int, checkpoint: ArtifactRef, dataset: ArtifactRef) -> str:
     conf = {"variant": variant.model_dump(mode="json"), "calibration_samples": calib_n, "seq_len": seq_len}
-    return make_key("compress", conf, {"checkpoint": checkpoint, "dataset": dataset}, stage.MODULES)
+    return make_key("compress", conf, {"checkpoint": checkpoint, "dataset": dataset}, stage.__name__)
 
 
 @stage_task("compress", tags=GPU)

@@ -10,7 +10,7 @@ from tasks.common import execute, make_key, stage_task, store
 def key_for(cfg, model: ArtifactRef) -> str:
     # The tokenizer (length filter) is the only part of the model curation depends on,
     # but the model digest is a safe, simple stand-in.
-    return make_key("curate", cfg.model_dump(mode="json", exclude={"refresh"}), {"model": model}, stage.MODULES)
+    return make_key("curate", cfg.model_dump(mode="json", exclude={"refresh"}), {"model": model}, stage.__name__)
 
 
 @stage_task("curate")

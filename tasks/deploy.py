@@ -11,7 +11,7 @@ from tasks.common import execute, make_key, stage_task, store
 def key_for(cfg, evaluation: ArtifactRef, candidates: dict[str, ArtifactRef], lineage: dict) -> str:
     conf = {"deploy": cfg.model_dump(mode="json", exclude={"refresh"}), "lineage": lineage}
     upstream = {f"candidate:{n}": r for n, r in candidates.items()} | {"evaluation": evaluation}
-    return make_key("deploy", conf, upstream, stage.MODULES)
+    return make_key("deploy", conf, upstream, stage.__name__)
 
 
 @stage_task("deploy")

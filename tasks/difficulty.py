@@ -9,7 +9,7 @@ from tasks.common import GPU, execute, make_key, stage_task, store
 
 def key_for(cfg, model: ArtifactRef, dataset: ArtifactRef) -> str:
     return make_key("estimate_difficulty", stage.estimate_key_config(cfg), {"model": model, "dataset": dataset},
-                    stage.MODULES)
+                    stage.__name__)
 
 
 @stage_task("estimate_difficulty", tags=GPU)

@@ -11,7 +11,7 @@ def key_for(cfg, dataset: ArtifactRef, candidates: dict[str, ArtifactRef], champ
     upstream = {f"candidate:{n}": r for n, r in candidates.items()}
     upstream["dataset"] = dataset
     upstream["champion"] = champion_sha
-    return make_key("evaluate", cfg.model_dump(mode="json", exclude={"refresh"}), upstream, stage.MODULES)
+    return make_key("evaluate", cfg.model_dump(mode="json", exclude={"refresh"}), upstream, stage.__name__)
 
 
 @stage_task("evaluate", tags=GPU)

@@ -15,7 +15,7 @@ def key_for(cfg) -> str:
     src = Path(cfg.source).expanduser()
     if src.exists():  # a local folder: its content is an input
         upstream["source"] = sha256_dir(src)
-    return make_key("prepare_model", conf, upstream, stage.MODULES)
+    return make_key("prepare_model", conf, upstream, stage.__name__)
 
 
 @stage_task("prepare_model")

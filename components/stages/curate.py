@@ -8,8 +8,6 @@ from pathlib import Path
 from components.data.curate import run_curation
 from components.rewards import get_reward
 
-MODULES = ("components.data", "components.rewards", "components.stages.curate")
-
 
 def _verifier():
     cache: dict = {}

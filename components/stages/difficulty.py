@@ -20,7 +20,6 @@ from components.rewards import get_reward
 from components.rl.trainer import RewardScorer, messages_for
 from components.stages.curate import load_split
 
-MODULES = ("components.difficulty", "components.engines", "components.rewards", "components.stages.difficulty")
 SELECTION_FIELDS = ("selection", "enabled", "batch_prompts")
 
 

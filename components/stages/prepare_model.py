@@ -6,8 +6,6 @@ from pathlib import Path
 
 from components.models import prepare_model
 
-MODULES = ("components.models", "components.stages.prepare_model")
-
 
 def run(cfg, out_dir: Path, ctx) -> dict[str, float]:
     ctx.progress(f"preparing model {cfg.source}", 0.0)

@@ -11,9 +11,6 @@ from components.rl.trainer import run_segment
 from components.stages.curate import load_split
 from components.stages.difficulty import load_records
 
-MODULES = ("components.rl", "components.engines", "components.rewards", "components.difficulty",
-           "kernels", "components.stages.rl")
-
 
 def segments(cfg) -> list[tuple[int, int]]:
     return [(s, min(cfg.steps, s + cfg.segment_steps)) for s in range(0, cfg.steps, cfg.segment_steps)]
