@@ -18,6 +18,33 @@ import fsspec
 from pydantic import BaseModel, Field
 
 REF_FILE = "_ref.json"
+# Run records kept with a payload but outside its digest: timings, memory peaks, host paths,
+# ports, pids (what differs between two runs that computed the same result). Stages write such
+# files under this folder; their figures also go to MLflow as metrics.
+RUN_INFO_DIR = "_run_info"
+_MEASURED_SUFFIXES = ("_s", "_seconds", "/seconds", "_per_s", "_ms", "_mb_peak")
+_MEASURED_NAMES = ("peak_rss_mb", "seconds", "pid", "port", "host", "hostname")
+
+
+def is_measurement(name: str) -> bool:
+    """A figure that measures the run (wall clock, throughput, memory, process) rather than
+    the result: it must never enter a digest. By name: ``*_s``, ``*_seconds``, ``*_per_s``,
+    ``time_*``, ``peak_rss_mb`` ... (every timing in posttrain is named so)."""
+    leaf = name.rsplit(".", 1)[-1]
+    return (leaf in _MEASURED_NAMES or leaf.startswith("time_") or leaf.endswith(_MEASURED_SUFFIXES))
+
+
+def split_measurements(figures: dict) -> tuple[dict, dict]:
+    """(defining figures, measurements) of one flat dict, see ``is_measurement``."""
+    keep = {k: v for k, v in figures.items() if not is_measurement(k)}
+    return keep, {k: v for k, v in figures.items() if is_measurement(k)}
+
+
+def run_info_dir(payload_dir: Path) -> Path:
+    """The payload's undigested run-records folder (created)."""
+    d = Path(payload_dir) / RUN_INFO_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
 class ArtifactRef(BaseModel):
@@ -37,13 +64,19 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _digested(path: Path, f: Path) -> bool:
+    rel = f.relative_to(path).parts
+    return f.is_file() and f.name != REF_FILE and rel[0] != RUN_INFO_DIR
+
+
 def sha256_dir(path: Path) -> str:
-    """Digest of a folder's content (relative names + file digests), independent of mtimes."""
+    """Digest of a folder's content (relative names + file digests), independent of mtimes.
+    ``_ref.json`` and the ``_run_info/`` run records are not part of it."""
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != REF_FILE):
+    for f in sorted(p for p in path.rglob("*") if _digested(path, p)):
         h.update(f.relative_to(path).as_posix().encode())
         h.update(b"\0")
         h.update(sha256_file(f).encode())

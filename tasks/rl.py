@@ -12,7 +12,7 @@ def segment_key(cfg, selection, start: int, end: int, model: ArtifactRef, datase
     conf = {"rl": cfg.model_dump(mode="json", exclude={"refresh"}),
             "selection": selection.model_dump(mode="json"), "segment": [start, end]}
     return make_key("rl_segment", conf, {"model": model, "dataset": dataset, "difficulty": difficulty,
-                                         "prev": prev}, stage.MODULES)
+                                         "prev": prev}, stage.__name__)
 
 
 @stage_task("rl_segment", tags=GPU)
@@ -37,14 +37,11 @@ def rl_segment_task(key: str, run_id: str, cfg: dict, selection: dict, start: in
 
 def replay_history(run_id: str, checkpoint: ArtifactRef, start: int, end: int) -> None:
     """A cached segment's per-step metrics, logged again so the reward curve is whole."""
-    import json
-
+    from components.rl.trainer import read_history
     from tasks.common import tracker
 
     trk = tracker()
-    path = store().local_path(checkpoint) / "metrics.jsonl"
-    for line in path.read_text().splitlines():
-        h = json.loads(line)
+    for h in read_history(store().local_path(checkpoint)):
         if start <= h["step"] < end:
             step = h.pop("step")
             trk.log_metrics(run_id, h, step)

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from components.artifacts import RUN_INFO_DIR, run_info_dir, split_measurements
 from components.engines.base import SamplingParams
 from components.rewards import get_reward
 from components.rl.advantages import batch_normalize, group_advantages, zero_variance_groups
@@ -164,7 +165,7 @@ def run_segment(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         tracker.load_state_dict(json.loads((init_checkpoint / "tracker.json").read_text()))
-        history = [json.loads(l) for l in (init_checkpoint / "metrics.jsonl").read_text().splitlines() if l]
+        history = read_history(init_checkpoint)
         if state["step"] != start_step:
             raise ValueError(f"checkpoint is at step {state['step']}, segment starts at {start_step}")
     buffer = RolloutBuffer(cfg.partial.max_buffer)
@@ -219,12 +220,32 @@ def run_segment(
                out_dir / "trainer_state.pt")
     (out_dir / "tracker.json").write_text(json.dumps(tracker.state_dict()))
     (out_dir / "partial_buffer.json").write_text(json.dumps(buffer.state_dict()))
-    (out_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    write_history(out_dir, history)
     if history:
         last = history[-1]
         summary = {k: v for k, v in last.items() if isinstance(v, (int, float))}
     summary["update_sparsity"] = update_sparsity(model, base_model_dir, device, dtype)
     return summary
+
+
+def write_history(out_dir: Path, history: list[dict]) -> None:
+    """Per-step figures: ``metrics.jsonl`` holds what the run computed (part of the checkpoint's
+    digest); timings and memory peaks go to the undigested ``_run_info/timings.jsonl``."""
+    split = [split_measurements(h) for h in history]
+    (out_dir / "metrics.jsonl").write_text("".join(json.dumps(k) + "\n" for k, _ in split))
+    (run_info_dir(out_dir) / "timings.jsonl").write_text(
+        "".join(json.dumps({"step": k["step"], **m}) + "\n" for k, m in split))
+
+
+def read_history(ckpt_dir: Path) -> list[dict]:
+    """The per-step figures of a checkpoint, both files of ``write_history`` merged by step."""
+    ckpt_dir = Path(ckpt_dir)
+    rows = [json.loads(l) for l in (ckpt_dir / "metrics.jsonl").read_text().splitlines() if l]
+    timings = ckpt_dir / RUN_INFO_DIR / "timings.jsonl"
+    extra = {}
+    if timings.exists():
+        extra = {t["step"]: t for t in map(json.loads, filter(None, timings.read_text().splitlines()))}
+    return [{**h, **extra.get(h["step"], {})} for h in rows]
 
 
 def _build_policy(cfg, base_model_dir: Path, init_checkpoint: Path | None, device: str, dtype):

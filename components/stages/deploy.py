@@ -11,10 +11,8 @@ import json
 import shlex
 from pathlib import Path
 
-from components.artifacts import sha256_dir
+from components.artifacts import run_info_dir, sha256_dir
 from components.stages.evaluate import serving_folder
-
-MODULES = ("components.stages.deploy", "components.tracking", "components.serving")
 
 
 def promote(tracker, name: str, version: str) -> dict:
@@ -93,13 +91,26 @@ def run(cfg, chosen: str | None, candidate_refs: dict, lineage: dict, decision: 
         metrics["promoted"] = 1.0
         from components.serving.manifests import vllm_manifests
 
-        # Generated per promotion so an operator can `kubectl apply -f` it elsewhere.
-        (out_dir / "k8s-vllm.yaml").write_text(vllm_manifests(name, version, source))
-        ctx.log_artifact(out_dir / "k8s-vllm.yaml", None)
-    (out_dir / "deployment.json").write_text(json.dumps(record, indent=2, default=str))
+        # Generated per promotion so an operator can `kubectl apply -f` it elsewhere (it names
+        # this machine's artifact path and the registry's version: a run record).
+        (run_info_dir(out_dir) / "k8s-vllm.yaml").write_text(vllm_manifests(name, version, source))
+        ctx.log_artifact(run_info_dir(out_dir) / "k8s-vllm.yaml", None)
+    _write_record(out_dir, record, tags)
     if cfg.serve and chosen is not None:
         record.update(serve(cfg, Path(ctx.extra["state_dir"]), serving_folder(local), version, name))
         metrics.update({k: float(record[k]) for k in ("startup_s", "smoke_latency_s", "smoke_tokens_per_s")})
-    (out_dir / "deployment.json").write_text(json.dumps(record, indent=2, default=str))
+    _write_record(out_dir, record, tags)
     ctx.extra["deployment"] = record
     return metrics
+
+
+def _write_record(out_dir: Path, record: dict, tags: dict) -> None:
+    """``deploy.json`` (digested): what was decided about which content. The full record (registry
+    version, paths, endpoint, pid, timings) depends on the registry's history and the machine:
+    ``_run_info/deployment.json``."""
+    defining = {"chosen": record.get("chosen"), "registered": record.get("registered"),
+                "model_name": record.get("model_name"), "decision": record.get("decision"),
+                "model_sha256": tags.get("model_sha256"), "source_sha256": tags.get("source_sha256"),
+                "promoted": "aliases" in record}
+    (out_dir / "deploy.json").write_text(json.dumps(defining, indent=2, default=str))
+    (run_info_dir(out_dir) / "deployment.json").write_text(json.dumps(record, indent=2, default=str))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from components.artifacts import sha256_dir
+from components.artifacts import RUN_INFO_DIR, run_info_dir, sha256_dir, split_measurements
 from components.engines.base import SamplingParams
 from components.engines.transformers_engine import TransformersEngine
 from components.evaluation.gate import decide
@@ -16,8 +16,6 @@ from components.evaluation.plots import comparison_table, pareto_plot
 from components.evaluation.runner import CandidateReport, Completion, compare_to_champion, evaluate_candidate
 from components.rl.trainer import RewardScorer, messages_for
 from components.stages.curate import load_split
-
-MODULES = ("components.evaluation", "components.engines", "components.rewards", "components.stages.evaluate")
 
 
 def model_folder(path: Path) -> Path:
@@ -93,9 +91,8 @@ def run(cfg, candidates: dict[str, Path], dataset_dir: Path, out_dir: Path, ctx,
     contenders = [r for n, r in reports.items() if n not in ("base", "champion")]
     decision = decide(contenders, champ, base, cfg.gate)
     table = comparison_table(list(reports.values()))
-    (out_dir / "reports.json").write_text(json.dumps({n: r.model_dump(mode="json") for n, r in reports.items()}, default=str))
+    _write_reports(out_dir, reports, candidates)
     (out_dir / "decision.json").write_text(decision.model_dump_json(indent=2))
-    (out_dir / "candidates.json").write_text(json.dumps({n: str(p) for n, p in candidates.items()}))
     pareto_plot(list(reports.values()), out_dir / "pareto.png", chosen=decision.chosen)
     ctx.log_table(table, "comparison_table.json")
     ctx.log_artifact(out_dir / "pareto.png", None)
@@ -113,12 +110,29 @@ def run(cfg, candidates: dict[str, Path], dataset_dir: Path, out_dir: Path, ctx,
     return metrics
 
 
+def _write_reports(out_dir: Path, reports: dict[str, CandidateReport], candidates: dict[str, Path]) -> None:
+    """``reports.json``: what each candidate scored (digested). Latencies and the candidates'
+    local folders describe this run and machine: ``_run_info/`` (outside the digest)."""
+    dumped = {n: r.model_dump(mode="json") for n, r in reports.items()}
+    measured = {}
+    for n, d in dumped.items():
+        dumped[n], measured[n] = split_measurements(d)
+    (out_dir / "reports.json").write_text(json.dumps(dumped, default=str))
+    info = run_info_dir(out_dir)
+    (info / "timings.json").write_text(json.dumps(measured, indent=2, default=str))
+    (info / "candidates.json").write_text(json.dumps({n: str(p) for n, p in candidates.items()}))
+
+
 def read_decision(eval_dir: Path) -> dict:
     return json.loads((Path(eval_dir) / "decision.json").read_text())
 
 
 def read_reports(eval_dir: Path) -> dict:
-    return json.loads((Path(eval_dir) / "reports.json").read_text())
+    """Every candidate's report, its run records (latency) merged back in."""
+    reports = json.loads((Path(eval_dir) / "reports.json").read_text())
+    timings = Path(eval_dir) / RUN_INFO_DIR / "timings.json"
+    measured = json.loads(timings.read_text()) if timings.exists() else {}
+    return {n: {**r, **measured.get(n, {})} for n, r in reports.items()}
 
 
 def model_digest(path: Path) -> str:

@@ -110,7 +110,7 @@ def test_deploy_stage_registers_serves_and_replaces(vllm_venv, tiny_models, w8_v
         refs = {candidate: {"uri": str(payload), "sha256": sha256_dir(payload)}}
         decision = {"chosen": candidate, "summary": f"{candidate} passes every check"}
         metrics = deploy.run(cfg, candidate, refs, lineage, decision, trk.start_run("deploy"), out, ctx)
-        assert json.loads((out / "deployment.json").read_text()) == json.loads(json.dumps(ctx.extra["deployment"]))
+        assert json.loads((out / "_run_info" / "deployment.json").read_text()) == json.loads(json.dumps(ctx.extra["deployment"]))
         return ctx.extra["deployment"], metrics
 
     poller = None
@@ -120,7 +120,7 @@ def test_deploy_stage_registers_serves_and_replaces(vllm_venv, tiny_models, w8_v
         assert (m1["registered"], m1["promoted"], m1["model_version"]) == (1.0, 1.0, 1.0) and m1["startup_s"] > 0
         assert (_alias(trk, "champion"), _alias(trk, "candidate")) == ("1", "1")
         assert rec1["endpoint"] == f"http://127.0.0.1:{cfg.port}/v1" and rec1["served_format"] == "dense"
-        assert rec1["serving_fallback"] is None and (tmp_path / "out1" / "k8s-vllm.yaml").exists()
+        assert rec1["serving_fallback"] is None and (tmp_path / "out1" / "_run_info" / "k8s-vllm.yaml").exists()
         tags = trk.model_version(NAME, "1").tags
         assert tags["recipe_digest"] == "r" * 64 and tags["dataset_sha256"] == "d" * 64
         assert tags["candidate_name"] == "rl" and tags["eval.rl.greedy_pass1"] == "0.5"
