@@ -175,12 +175,16 @@ def extract_final_answer(text: str) -> str | None:
     return None
 
 
-# A number: optional minus (only when not a binary minus after a word/closing bracket), digits,
-# optional ",ddd" thousands groups (a group must not run into more digits), optional decimals,
-# optional "/ denominator". Every repeat is separated by a literal, so matching is linear.
+# A number: optional minus (only when not a binary minus after a word/closing bracket), an
+# integer part, optional decimals, optional exponent ("1e309", "2.5E-3"), optional "/ denominator".
+# Thousands separators are read one way only: a leading group of 1-3 digits, then ",ddd" groups,
+# none running into more digits ("1,234,567"); anything else is a list ("1234,567" is 1234 then
+# 567, "1,2345" is 1 then 2345). Every repeat is separated by a literal, so matching is linear.
 _NUM_RE = re.compile(
-    r"(?:(?<![\w)\]}])-)?\d+(?:,\d{3}(?!\d))*(?:\.\d+)?(?:[ \t]*/[ \t]*\d+(?:\.\d+)?)?"
+    r"(?:(?<![\w)\]}])-)?(?:\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?"
+    r"(?:[ \t]*/[ \t]*\d+(?:\.\d+)?)?"
 )
+_EXP_RE = re.compile(r"[eE]([-+]?\d+)")
 _FRAC_RE = re.compile(r"\\[dt]?frac\{[ ]*(-?[\d.,]+)[ ]*\}\{[ ]*([\d.,]+)[ ]*\}")
 _LATEX_DROP_RE = re.compile(r"\\(?:left|right|!|,|;|:| |\$|%)|\\text\{|\\mathrm\{|[$%]")
 
@@ -190,6 +194,10 @@ def parse_number(token: str, max_digits: int = 1000) -> Fraction | None:
     token = token.replace(",", "").replace(" ", "").replace("\t", "")
     if sum(c.isdigit() for c in token) > max_digits:
         return None
+    exp = _EXP_RE.search(token)
+    magnitude = exp.group(1).lstrip("+-").lstrip("0") if exp is not None else ""
+    if len(magnitude) > 7 or int(magnitude or 0) > max_digits:
+        return None  # 1e999999999 would be a 10^9-digit integer: as unreadable as a 2000-digit one
     num, _, den = token.partition("/")
     try:
         value = Fraction(num)
@@ -298,20 +306,23 @@ class RewardFn(ABC):
 
 
 class NumericConfig(RewardConfig):
-    rel_tol: float = Field(1e-6, ge=0)
-    abs_tol: float = Field(1e-6, ge=0)
-    max_digits: int = Field(1000, gt=0)
+    rel_tol: float = Field(0.0, ge=0, allow_inf_nan=False,
+                           description="credit |answer - ref| <= abs_tol + rel_tol * |ref| (default: equal)")
+    abs_tol: float = Field(0.0, ge=0, allow_inf_nan=False)
+    max_digits: int = Field(1000, gt=0, description="longer numbers (digits or exponent) are unreadable")
 
 
 class NumericReward(RewardFn):
-    """1.0 when the model's number equals the reference within ``abs_tol + rel_tol * |ref|``.
+    """1.0 when the model's number equals the reference as a number (``0.75`` = ``3/4`` =
+    ``7.5e-1``); ``abs_tol``/``rel_tol`` (finite, 0 by default) widen that on request.
 
-    Comparison is on exact rationals, so 1000-digit integers compare without float overflow.
-    A reference like ``"#### 72"`` (GSM8K) is read after the ``####``.
+    Comparison is on exact rationals, so 1000-digit integers and exponents compare without float
+    overflow: there is no inf or nan, and "1e309" is 10^309, never 309. A reference like
+    ``"#### 72"`` (GSM8K) is read after the ``####``.
     """
 
     name = "numeric"
-    version = "1"
+    version = "2"  # 2: exponents, one thousands-separator rule, exact equality by default
     Config = NumericConfig
     config: NumericConfig
 
