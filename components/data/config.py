@@ -169,6 +169,8 @@ class DedupConfig(_Strict):
     threshold: float = Field(default=0.85, gt=0.0, le=1.0)
     shingle: int = Field(default=5, ge=1)
     num_perm: int = Field(default=128, ge=16, le=1024)
+    max_chars: int = Field(default=4096, ge=16, description="near-dedup reads at most this many "
+                           "characters of a prompt (memory bounded by rows, not by the longest row)")
 
 
 class DecontamConfig(_Strict):

@@ -1,5 +1,5 @@
-"""The curate stage: sources -> normalised rows -> eval split -> dedup -> decontamination ->
-filters -> caps and mixing -> parquet shards + manifest + dataset card + reject sample.
+"""The curate stage: sources -> normalised rows -> eval split -> per-row filters -> dedup ->
+decontamination -> caps and mixing -> parquet shards + manifest + dataset card + reject sample.
 
 Plain Python: knows nothing of Prefect or MLflow. `verify` and `count_tokens` are injected by
 the caller (reward registry, tokenizer) so this module needs neither.
@@ -34,8 +34,8 @@ METRIC_KEYS = (
     "contaminated", "too_long", "too_short", "charset", "capped", "eval_rows",
 )
 # Stages that remove rows, in pipeline order (the rows of the filter_counts table).
-REMOVAL_STAGES = ("malformed", "exact_duplicates", "near_duplicates", "contaminated", "unverifiable",
-                  "too_long", "too_short", "charset", "capped")
+REMOVAL_STAGES = ("malformed", "unverifiable", "too_long", "too_short", "charset", "exact_duplicates",
+                  "near_duplicates", "contaminated", "capped")
 
 
 class CurationResult(BaseModel):
@@ -110,9 +110,27 @@ def _near(rows: list[Row], cfg: CurateConfig, run: _Run, split: str) -> list[Row
     if cfg.dedup.near:
         d = cfg.dedup
         rows, near = near_dedup(rows, threshold=d.threshold, shingle=d.shingle, num_perm=d.num_perm,
-                                progress=lambda f: run.tick(f"near_dedup_{split}", f))
+                                max_chars=d.max_chars, progress=lambda f: run.tick(f"near_dedup_{split}", f))
         run.removed("near_duplicates", [(r, f"{split}: near duplicate of {rep}") for r, rep in near])
     return rows
+
+
+_FILTER_HINTS = {"unverifiable": "The verify callback rejected every answer: check the `task` names and answers.",
+                 "too_long": "Raise filters.max_prompt_tokens.", "too_short": "Lower filters.min_prompt_tokens.",
+                 "charset": "Use filters.charset='any'."}
+
+
+def _filter(train: list[Row], eval_rows: list[Row], cfg: CurateConfig, run: _Run, verify: Verify | None,
+            count_tokens: Callable[[str], int] | None) -> tuple[list[Row], list[Row]]:
+    for stage, keep in filter_passes(cfg.filters, verify=verify, count_tokens=count_tokens):
+        eval_rows, removed = split_by(eval_rows, keep)
+        run.removed(stage, [(r, f"eval: {d}") for r, d in removed])
+        before = len(train)
+        train, removed = split_by(train, keep)
+        run.removed(stage, [(r, f"train: {d}") for r, d in removed])
+        run.check_train(train, before, stage, _FILTER_HINTS[stage])
+    run.tick("filters", 1.0)
+    return train, eval_rows
 
 
 def run_curation(
@@ -152,17 +170,16 @@ def run_curation(
     train, eval_rows = _split(rows, cfg)
     run.check_train(train, len(rows), "eval_split", "Lower eval_fraction or set eval_max_rows.")
 
-    # 3-4. exact then near dedup, within each split (each keeps at least one row per cluster)
+    # 3. per-row filters (verifiable, length, charset) on both splits, before any cross-row work:
+    # dedup and decontamination only see rows that can be kept (a 50 MB row never reaches MinHash),
+    # and decontamination only protects eval rows that are kept.
+    train, eval_rows = _filter(train, eval_rows, cfg, run, verify, count_tokens)
+
+    # 4-5. exact then near dedup, within each split (each keeps at least one row per cluster)
     train, eval_rows = _dedup(train, cfg, run, "train"), _dedup(eval_rows, cfg, run, "eval")
     run.tick("exact_dedup", 1.0)
     before, train, eval_rows = len(train), _near(train, cfg, run, "train"), _near(eval_rows, cfg, run, "eval")
     run.check_train(train, before, "near_duplicates", "Raise dedup.threshold or disable dedup.near.")
-
-    # 5. filters on eval first, so decontamination only protects eval rows that are kept
-    passes = list(filter_passes(cfg.filters, verify=verify, count_tokens=count_tokens))
-    for stage, keep in passes:
-        eval_rows, removed = split_by(eval_rows, keep)
-        run.removed(stage, [(r, f"eval: {d}") for r, d in removed])
 
     # 6. decontamination of train against the eval split and the named eval files
     index = EvalIndex(cfg.decontam.ngram)
@@ -179,18 +196,7 @@ def run_curation(
         run.check_train(train, before, "contaminated", "Check decontam.eval_files and decontam.ngram.")
     run.tick("decontam", 1.0)
 
-    # 7. filters on train
-    hints = {"unverifiable": "The verify callback rejected every answer: check the `task` names and answers.",
-             "too_long": "Raise filters.max_prompt_tokens.", "too_short": "Lower filters.min_prompt_tokens.",
-             "charset": "Use filters.charset='any'."}
-    for stage, keep in passes:
-        before = len(train)
-        train, removed = split_by(train, keep)
-        run.removed(stage, [(r, f"train: {d}") for r, d in removed])
-        run.check_train(train, before, stage, hints[stage])
-    run.tick("filters", 1.0)
-
-    # 8. per-source caps and weighted mixing (train only; eval is sized by eval_max_rows)
+    # 7. per-source caps and weighted mixing (train only; eval is sized by eval_max_rows)
     before = len(train)
     train, capped = cap_and_mix(train, max_rows={s.name: s.max_rows for s in cfg.sources},
                                 weights={s.name: s.weight for s in cfg.sources},
@@ -200,7 +206,7 @@ def run_curation(
     eval_rows = seeded_order(eval_rows, cfg.seed)
     run.tick("mix", 1.0)
 
-    # 9. write
+    # 8. write
     return _write(cfg, out_dir, run, train, eval_rows, rows_in, malformed, per_source)
 
 

@@ -45,7 +45,8 @@ def jaccard(a: set[str], b: set[str]) -> float:
 
 _FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
 _POLY = np.uint32(0x01000193)  # FNV prime: base of the rolling k-gram hash (mod 2^32)
-_CHUNK_CHARS = 4_000  # characters per vectorised block: keeps the num_perm x shingles scratch in cache
+_CHUNK_CHARS = 4_000
+MAX_CHARS = 4_096  # default bound on the characters of one prompt that near-dedup reads  # characters per vectorised block: keeps the num_perm x shingles scratch in cache
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
@@ -140,10 +141,14 @@ class _UnionFind:
 
 def near_duplicate_pairs(
     texts: Sequence[str], *, threshold: float, shingle: int, num_perm: int,
-    progress: Callable[[float], None] | None = None,
+    progress: Callable[[float], None] | None = None, max_chars: int = MAX_CHARS,
 ) -> list[tuple[int, int]]:
-    """Index pairs (j, i), j < i, whose prompts are near duplicates (confirmed, see module doc)."""
+    """Index pairs (j, i), j < i, whose prompts are near duplicates (confirmed, see module doc).
+    Each prompt is compared on its first ``max_chars`` characters: at most that many shingles a
+    row, so memory grows with the number of rows, never with the length of one."""
     from datasketch import MinHashLSH
+
+    texts = [t[:max_chars] for t in texts]
 
     sigs = minhash_signatures(texts, shingle=shingle, num_perm=num_perm)
     numbers = [_MATH.findall(t) for t in texts]
@@ -176,13 +181,14 @@ def near_duplicate_pairs(
 
 def near_dedup(
     rows: Sequence[dict[str, Any]], *, threshold: float, shingle: int, num_perm: int,
-    progress: Callable[[float], None] | None = None,
+    progress: Callable[[float], None] | None = None, max_chars: int = MAX_CHARS,
 ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
     """(kept, removed as (row, id of the kept representative)); kept keeps the input order."""
     if len(rows) < 2:
         return list(rows), []
     pairs = near_duplicate_pairs(
-        [r["prompt"] for r in rows], threshold=threshold, shingle=shingle, num_perm=num_perm, progress=progress
+        [r["prompt"] for r in rows], threshold=threshold, shingle=shingle, num_perm=num_perm, progress=progress,
+        max_chars=max_chars,
     )
     uf = _UnionFind(len(rows))
     for j, i in pairs:

@@ -1,4 +1,4 @@
-"""Row filters applied after dedup and decontamination, one pass per filter so that the removal
+"""Row filters applied before dedup and decontamination, one pass per filter so that the removal
 counts (and the "which filter emptied the dataset" error) are attributable."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from components.data.normalize import whitespace_tokens
 Verify = Callable[[str, str, dict], bool]
 Row = dict[str, Any]
 
-LATIN_MAX = 0x024F  # Basic Latin, Latin-1 Supplement, Latin Extended-A and -B
+LATIN_MAX = 0x024F
+PREFIX_CHARS_PER_TOKEN = 32  # generous: real tokenizers average 3-5 characters a token  # Basic Latin, Latin-1 Supplement, Latin Extended-A and -B
 
 
 def charset_ok(text: str, charset: str) -> bool:
@@ -39,10 +40,15 @@ def filter_passes(
         yield "unverifiable", lambda r: _verified(verify, r)
     counter = count_tokens or whitespace_tokens
     cache: dict[str, int] = {}  # prompt -> token count: a real tokenizer is the slow part
+    # A prompt far longer than the limit is counted on a prefix only: a 50 MB row costs what a
+    # (max_prompt_tokens + 2) * PREFIX_CHARS_PER_TOKEN-character one does.
+    prefix = (cfg.max_prompt_tokens + 2) * PREFIX_CHARS_PER_TOKEN
 
     def count(prompt: str) -> int:
         if prompt not in cache:
-            cache[prompt] = int(counter(prompt))
+            n = int(counter(prompt[:prefix])) if len(prompt) > prefix else -1
+            # Tokens of a prefix are at most one more than the whole text's (the cut may split one).
+            cache[prompt] = n if n > cfg.max_prompt_tokens + 1 else int(counter(prompt))
         return cache[prompt]
 
     yield "too_long", lambda r: _tokens_ok(count, r, hi=cfg.max_prompt_tokens)
