@@ -23,6 +23,8 @@ class RejectLog:
         self._seen[key] += 1
         if self._seen[key] > self.per_reason:
             return
+        if isinstance(record, dict):  # cut long values first: repr of a 50 MB prompt is slow
+            record = {k: v[: self.max_chars] if isinstance(v, str) else v for k, v in record.items()}
         raw = record if isinstance(record, str) else repr(record)
         self.samples.append(
             {"stage": stage, "reason": reason, "source": source, "location": location,
