@@ -161,12 +161,15 @@ class DedupConfig(_Strict):
     Near duplicates use MinHash over *character* `shingle`-grams of the lower-cased prompt: word
     n-grams are too coarse for short prompts (one changed word in a 20-word prompt already drops
     word-5-gram Jaccard to ~0.6). LSH candidates are confirmed with the exact Jaccard of the
-    shingle sets, and prompts whose numbers differ are never merged (different problems).
+    shingle sets, and prompts whose numbers or answers differ are never merged (different
+    problems). The default threshold comes from a measured sweep (README, "Near-duplicate
+    threshold"): one-word paraphrases of short word problems have 5-shingle Jaccard 0.77-0.85.
     """
 
     exact: bool = True
     near: bool = True
-    threshold: float = Field(default=0.85, gt=0.0, le=1.0)
+    threshold: float = Field(default=0.7, gt=0.0, le=1.0, description="exact shingle Jaccard at which "
+                             "two prompts are one (0.7: see the sweep in tests/bench/bench_dedup_threshold.py)")
     shingle: int = Field(default=5, ge=1)
     num_perm: int = Field(default=128, ge=16, le=1024)
     max_chars: int = Field(default=4096, ge=16, description="near-dedup reads at most this many "

@@ -3,8 +3,8 @@
 Exact: same normalised prompt (same id); the first row in source order is kept.
 Near: MinHash over character shingles of the lower-cased prompt, MinHashLSH for candidates,
 then each candidate pair is confirmed with the exact Jaccard of the shingle sets (so the result
-does not depend on MinHash noise) and only if both prompts contain the same numbers and
-arithmetic operators in the same order (prompts that differ there are different problems with
+does not depend on MinHash noise) and only if both rows have the same answer and both prompts
+contain the same numbers and arithmetic operators in the same order (prompts that differ there are different problems with
 different answers, e.g. "What is 12 + 7?" vs "What is 12 + 8?" or "What is 4 / 2 + 2?"). Confirmed pairs are joined into clusters (union-find); the row with the
 smallest id is kept from each cluster.
 """
@@ -142,16 +142,18 @@ class _UnionFind:
 def near_duplicate_pairs(
     texts: Sequence[str], *, threshold: float, shingle: int, num_perm: int,
     progress: Callable[[float], None] | None = None, max_chars: int = MAX_CHARS,
+    answers: Sequence[str] | None = None,
 ) -> list[tuple[int, int]]:
     """Index pairs (j, i), j < i, whose prompts are near duplicates (confirmed, see module doc).
     Each prompt is compared on its first ``max_chars`` characters: at most that many shingles a
-    row, so memory grows with the number of rows, never with the length of one."""
+    row, so memory grows with the number of rows, never with the length of one. With ``answers``,
+    prompts whose answers differ are never paired (a one-word edit that asks another question)."""
     from datasketch import MinHashLSH
 
     texts = [t[:max_chars] for t in texts]
-
     sigs = minhash_signatures(texts, shingle=shingle, num_perm=num_perm)
-    numbers = [_MATH.findall(t) for t in texts]
+    # The guard's key: numbers and operators in order, then the answer when there is one.
+    numbers = [_MATH.findall(t) + ["=>", answers[i] if answers is not None else ""] for i, t in enumerate(texts)]
     # Salt each signature with its numbers and operators: XOR by one per-row constant keeps band
     # equality between rows with the same skeleton and breaks it between different skeletons,
     # which the guard below would reject anyway. Templated arithmetic prompts (Jaccard ~0.6 to
@@ -188,7 +190,7 @@ def near_dedup(
         return list(rows), []
     pairs = near_duplicate_pairs(
         [r["prompt"] for r in rows], threshold=threshold, shingle=shingle, num_perm=num_perm, progress=progress,
-        max_chars=max_chars,
+        max_chars=max_chars, answers=[str(r.get("answer", "")) for r in rows],
     )
     uf = _UnionFind(len(rows))
     for j, i in pairs:

@@ -51,6 +51,6 @@ def test_config_rejects_unknown_field_and_type() -> None:
 
 def test_config_defaults() -> None:
     cfg = CurateConfig.model_validate({"sources": [{"type": "jsonl", "name": "j", "path": "/x.jsonl"}]})
-    assert cfg.eval_fraction == 0.1 and cfg.dedup.threshold == 0.85 and cfg.dedup.shingle == 5
+    assert cfg.eval_fraction == 0.1 and cfg.dedup.threshold == 0.7 and cfg.dedup.shingle == 5
     assert cfg.decontam.ngram == 13 and cfg.filters.max_prompt_tokens == 512 and cfg.filters.charset == "any"
     assert cfg.sources[0].fields.prompt == "prompt" and cfg.refresh is False
