@@ -1,0 +1,45 @@
+"""Promise: a stage's code version is derived from the modules it really imports, so editing a
+module that a stage reaches only indirectly makes that stage, and only the stages downstream of
+it, recompute; the stages upstream of it stay cache hits.
+
+The edit is made in a temporary copy of the code (the CLI runs with PYTHONPATH pointing at it)
+against the state folder of an earlier run of the unedited code.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from smoke_cli import REPO, run, shared_runs
+
+# The difficulty stage imports components.rl.trainer (prompt format, reward scorer), which imports
+# components.rl.advantages: difficulty never names that module itself.
+EDITED = Path("components/rl/advantages.py")
+ORDER = ["prepare_model", "curate", "estimate_difficulty", "rl_train", "compress", "evaluate", "deploy"]
+FIRST_AFFECTED = "estimate_difficulty"
+
+
+def _copy_code(dst: Path) -> Path:
+    for pkg in ("components", "kernels", "tasks", "flows"):
+        shutil.copytree(REPO / pkg, dst / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
+@pytest.mark.slow
+def test_editing_an_indirect_import_recomputes_that_stage_and_downstream_only(tmp_path_factory, tmp_path):
+    state, first = shared_runs(tmp_path_factory)["a"]
+    stage_src = (REPO / "components/stages/difficulty.py").read_text()
+    assert "components.rl.advantages" not in stage_src and "advantages" not in stage_src
+    code = _copy_code(tmp_path / "code")
+    edited = code / EDITED
+    edited.write_text(edited.read_text() + "\n\n# an edit a reviewer would ask to re-run the difficulty estimate for\n")
+
+    again = run(state, tmp_path / "edited.json", code_root=code)
+    cached = {name: s["cached"] for name, s in again["stages"].items()}
+    assert set(cached) == set(first["stages"])
+    cut = ORDER.index(FIRST_AFFECTED)
+    for name, hit in cached.items():
+        upstream = ORDER.index(name.split(":")[0]) < cut
+        assert hit == upstream, f"{name}: cached={hit}, expected {'hit' if upstream else 'recompute'}"
