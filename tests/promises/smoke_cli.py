@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+import components  # noqa: E402 - where the code under test lives (PYTHONPATH may point elsewhere)
+
+REPO = Path(components.__file__).resolve().parents[1]
 # Eight one-step RL segments, so a run can be killed between segments (see test_kill_resume.py).
 SEGMENTS = 8
 SMOKE_ARGS = ["--recipe", "smoke", "--set", f"rl_train.steps={SEGMENTS}", "--set", "rl_train.segment_steps=1"]
@@ -59,12 +61,11 @@ _SHARED: dict[str, tuple[Path, dict]] = {}
 
 
 def shared_runs(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
-    """Two uninterrupted smoke runs, started together, each in an empty state folder; made once
-    per test session: {"a": (state folder, summary), "b": ...}. Tests may add runs to a state
-    folder but never change the summaries."""
+    """Two uninterrupted smoke runs, one after the other, each in an empty state folder; made
+    once per test session: {"a": (state folder, summary), "b": ...}. Tests may add runs to a
+    state folder but never change the summaries."""
     if not _SHARED:
         root = tmp_path_factory.mktemp("promise-runs")
-        procs = {n: start_run(root / n, root / f"{n}.json") for n in ("a", "b")}
-        for n, p in procs.items():
-            _SHARED[n] = (root / n, finish(p, root / f"{n}.json"))
+        for n in ("a", "b"):
+            _SHARED[n] = (root / n, run(root / n, root / f"{n}.json"))
     return _SHARED
