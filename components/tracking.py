@@ -149,7 +149,11 @@ class Tracker:
         return [m.value for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
     # registry -----------------------------------------------------------
-    def register_model(self, name: str, source_uri: str, run_id: str, tags: dict[str, Any]) -> str:
+    def register_model(self, name: str, source_uri: str, run_id: str, tags: dict[str, Any],
+                       identity: tuple[str, ...] = ()) -> str:
+        """Register ``source_uri`` as a new version of ``name``, or return the existing version whose
+        ``identity`` tags (and source) equal this one's: registering twice (a rerun after a kill
+        between registration and the stage's end) never makes a duplicate."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -157,8 +161,39 @@ class Tracker:
         except MlflowException:
             pass
         clean = {k: str(v) for k, v in tags.items() if not is_secret(k)}
+        if identity:
+            same = self._same_version(name, source_uri, {k: clean.get(k, "") for k in identity})
+            if same is not None:
+                return same
         mv = self.client.create_model_version(name, source=source_uri, run_id=run_id, tags=clean)
         return str(mv.version)
+
+    def _same_version(self, name: str, source_uri: str, ident: dict[str, str]) -> str | None:
+        for mv in self.client.search_model_versions(f"name = '{name}'"):
+            if mv.source == source_uri and all(mv.tags.get(k, "") == v for k, v in ident.items()):
+                return str(mv.version)
+        return None
+
+    def find_version(self, name: str, version: str):
+        """The model version, or None when the model or the version does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version(name, str(version))
+        except MlflowException:
+            return None
+
+    def version_numbers(self, name: str) -> list[str]:
+        vs = self.client.search_model_versions(f"name = '{name}'")
+        return [str(v) for v in sorted(int(mv.version) for mv in vs)]
+
+    def latest_version(self):
+        """The most recently created model version of any registered model, or None."""
+        found = self.client.search_model_versions(order_by=["creation_timestamp DESC"], max_results=1)
+        return found[0] if found else None
+
+    def all_versions(self) -> list:
+        return list(self.client.search_model_versions())
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)

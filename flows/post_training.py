@@ -6,7 +6,7 @@ Run it as ``posttrain run --recipe smoke`` or ``python -m flows.post_training --
 
 from __future__ import annotations
 
-from components.settings import configure_process_env
+from components.settings import configure_process_env, get_settings
 
 configure_process_env()
 
@@ -19,6 +19,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact  # 
 from prefect.runtime import flow_run  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
+from components import runowners  # noqa: E402
 from components.recipe import (STAGES, Recipe, RecipeError, apply_override,  # noqa: E402
                                format_validation_error, load_recipe, stage_config)
 from components.stages.context import StageResult  # noqa: E402
@@ -31,6 +32,7 @@ from tasks import difficulty as difficulty_t  # noqa: E402
 from tasks import evaluate as evaluate_t  # noqa: E402
 from tasks import prepare_model as model_t  # noqa: E402
 from tasks.common import run_stage, store, tracker  # noqa: E402
+from tasks.reconcile import reconcile  # noqa: E402
 
 
 def _wanted(stages: list[str] | None) -> int:
@@ -60,6 +62,36 @@ def _champion(rec: Recipe, candidates: dict) -> tuple:
     except (FileNotFoundError, IOError):
         return None, None
     return ref, None
+
+
+def _reconcile(log) -> None:
+    """Mark what killed runs of this machine left RUNNING as crashed; never fails the run."""
+    try:
+        for line in reconcile(repair=True).lines()[:20]:
+            if not line.startswith("nothing to repair"):
+                log.warning("reconcile: %s", line)
+    except Exception as e:  # noqa: BLE001 - bookkeeping of older runs must not stop this one
+        log.warning("reconcile of earlier runs failed: %s: %s", type(e).__name__, e)
+
+
+def _close(trk, parent: str, summary: dict, status: str, log) -> None:
+    """End the parent run. Runs in the flow's ``finally``: an error here is logged, never raised,
+    so the error that stopped the run is the one the user sees."""
+    try:
+        trk.log_metrics(parent, {"flow_seconds": summary["seconds"],
+                                 **{f"{k}.seconds": v["seconds"] for k, v in summary["stages"].items()}})
+        trk.log_text(parent, json.dumps(summary, indent=2, default=str), "summary.json")
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not log the run summary: %s: %s", type(e).__name__, e)
+    try:
+        trk.end_run(parent, status)
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not end MLflow run %s: %s: %s", parent, type(e).__name__, e)
+    try:
+        create_markdown_artifact(markdown=markdown_summary(summary, trk.run_url(parent)), key="run-summary",
+                                 description="posttrain run summary")
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def resolve_recipe(recipe: str, config: Recipe | None, overrides: list[str] | None) -> Recipe:
@@ -93,10 +125,14 @@ def post_training(recipe: str = "smoke", overrides: list[str] | None = None,
     rec = resolve_recipe(recipe, config, overrides)
     last = _wanted(stages)
     log = get_run_logger()
-    trk = tracker()
     fr_id = str(flow_run.get_id() or "local")
+    state_dir = get_settings().state_path
+    runowners.record(state_dir, flow_run=fr_id)
+    _reconcile(log)
+    trk = tracker()
     parent = trk.start_run(f"{rec.name}-{flow_run.get_name() or 'run'}", tags={
         "prefect.flow_run_id": fr_id, "recipe": rec.name, "recipe_digest": rec.digest()})
+    runowners.record(state_dir, mlflow_run=parent)
     trk.log_params(parent, {"recipe": rec.model_dump(mode="json")})
     try:
         create_link_artifact(link=trk.run_url(parent), link_text="MLflow run", key="mlflow-run",
@@ -168,15 +204,8 @@ def post_training(recipe: str = "smoke", overrides: list[str] | None = None,
         status = "FINISHED"
     finally:
         summary = build_summary(fr_id, parent, results, cached, time.perf_counter() - t_start)
-        trk.log_metrics(parent, {"flow_seconds": summary["seconds"],
-                                 **{f"{k}.seconds": v["seconds"] for k, v in summary["stages"].items()}})
-        trk.log_text(parent, json.dumps(summary, indent=2, default=str), "summary.json")
-        trk.end_run(parent, status)
-        try:
-            create_markdown_artifact(markdown=markdown_summary(summary, trk.run_url(parent)), key="run-summary",
-                                     description="posttrain run summary")
-        except Exception:
-            pass
+        _close(trk, parent, summary, status, log)
+        runowners.release(state_dir, flow_run=fr_id, mlflow_run=parent)
     return summary
 
 
