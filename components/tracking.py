@@ -145,6 +145,16 @@ class Tracker:
             [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
         )
 
+    def parent_runs(self) -> list:
+        """Every flow's parent run (they carry the Prefect flow run id), newest first."""
+        return self.client.search_runs([self.experiment_id], filter_string="tags.`prefect.flow_run_id` != ''",
+                                       order_by=["attributes.start_time DESC"], max_results=5000)
+
+    def read_text(self, run_id: str, name: str) -> str:
+        import mlflow.artifacts
+
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{name}")
+
     def metric_history(self, run_id: str, key: str) -> list[float]:
         return [m.value for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)]
 

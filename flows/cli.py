@@ -79,6 +79,10 @@ def run(
         summary.write_text(json.dumps(result, indent=2, default=str))
     for name, s in result["stages"].items():
         typer.echo(f"{name:28s} {'cached' if s['cached'] else 'computed':8s} {s['seconds']:8.1f}s")
+    if "bytes_written" in result:
+        from components.gc import human
+
+        typer.echo(f"wrote {human(result['bytes_written'])} of new payloads ({len(result['payloads'])} payloads in use)")
     dep = result["stages"].get("deploy", {}).get("deployment")
     if dep:
         typer.echo(f"registered {dep['model_name']} v{dep['version']} ({dep['registered']}); {dep.get('decision', '')}")

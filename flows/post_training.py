@@ -13,6 +13,7 @@ configure_process_env()
 import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
@@ -23,6 +24,7 @@ from components import runowners  # noqa: E402
 from components.recipe import (STAGES, Recipe, RecipeError, apply_override,  # noqa: E402
                                format_validation_error, load_recipe, stage_config)
 from components.stages.context import StageResult  # noqa: E402
+from components.gc import storage_summary  # noqa: E402
 from components.summary import build_summary, markdown_summary  # noqa: E402
 from flows.rl_train import rl_train_flow  # noqa: E402
 from tasks import compress as compress_t  # noqa: E402
@@ -74,6 +76,13 @@ def _reconcile(log) -> None:
         log.warning("reconcile of earlier runs failed: %s: %s", type(e).__name__, e)
 
 
+def _storage(summary: dict, results: dict, since: float) -> None:
+    """Add the payloads this run needs (for ``posttrain gc``) and the bytes it wrote."""
+    s = get_settings()
+    if not s.remote_root:
+        summary.update(storage_summary(Path(s.artifact_uri.removeprefix("file://")), results, since))
+
+
 def _close(trk, parent: str, summary: dict, status: str, log) -> None:
     """End the parent run. Runs in the flow's ``finally``: an error here is logged, never raised,
     so the error that stopped the run is the one the user sees."""
@@ -121,7 +130,7 @@ def post_training(recipe: str = "smoke", overrides: list[str] | None = None,
             evaluate, deploy); upstream stages run too, usually as cache hits. Empty: all stages.
         config: a whole recipe as a form; when given it replaces the named recipe.
     """
-    t_start = time.perf_counter()
+    t_start, wall_start = time.perf_counter(), time.time()
     rec = resolve_recipe(recipe, config, overrides)
     last = _wanted(stages)
     log = get_run_logger()
@@ -204,6 +213,7 @@ def post_training(recipe: str = "smoke", overrides: list[str] | None = None,
         status = "FINISHED"
     finally:
         summary = build_summary(fr_id, parent, results, cached, time.perf_counter() - t_start)
+        _storage(summary, results, wall_start)
         _close(trk, parent, summary, status, log)
         runowners.release(state_dir, flow_run=fr_id, mlflow_run=parent)
     return summary
