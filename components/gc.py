@@ -64,7 +64,9 @@ def storage_summary(root: Path, results: dict, since: float) -> dict:
     rels = run_payloads(root, results)
     written = {r: size_of(Path(root) / r) for r in rels
                if (Path(root) / r / REF_FILE).exists() and (Path(root) / r / REF_FILE).stat().st_mtime >= since}
-    return {"payloads": rels, "bytes_written": sum(written.values()), "bytes_written_by_payload": written}
+    chain = [f"rl_train/{k}" for res in results.values() for k in res.info.get("segments", [])]
+    return {"payloads": rels, "rl_segments": chain, "bytes_written": sum(written.values()),
+            "bytes_written_by_payload": written}
 
 
 @dataclass
@@ -132,8 +134,7 @@ def _keep_set(tracker, settings, root: Path, keep_last: int) -> tuple[set[str], 
     for i, (run_id, _, summary) in enumerate(summaries):
         if i < keep_last or run_id in registered:
             keep.update(summary.get("payloads", []))
-            segs = [p for p in summary.get("payloads", []) if p.startswith("rl_train/")]
-            chains.append(segs)
+            chains.append(summary.get("rl_segments", []))
     return keep, chains
 
 

@@ -52,6 +52,7 @@ class Tracker:
 
     def __init__(self, settings: Settings):
         os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         # MLflow's S3 artifact repository (boto3) reads endpoint and keys from the environment.
         export_s3_env(settings)
         self.settings = settings
