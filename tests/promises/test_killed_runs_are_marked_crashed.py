@@ -9,7 +9,7 @@ from user_cli import kill_group, mlflow_db, posttrain, prefect_db, query, start,
 
 KILLED = ["run", "--recipe", "smoke", "--set", "rl_train.steps=8", "--set", "rl_train.segment_steps=1",
           "--stages", "rl_train"]
-LIVE = ["run", "--recipe", "smoke", "--set", "rl_train.steps=400", "--set", "rl_train.segment_steps=400",
+LIVE = ["run", "--recipe", "smoke", "--set", "rl_train.steps=2000", "--set", "rl_train.segment_steps=2000",
         "--stages", "rl_train"]
 
 
