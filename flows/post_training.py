@@ -83,10 +83,11 @@ def _storage(summary: dict, results: dict, since: float) -> None:
         summary.update(storage_summary(Path(s.artifact_uri.removeprefix("file://")), results, since))
 
 
-def _close(trk, parent: str, summary: dict, status: str, log) -> None:
+def _close(trk, parent: str, summary: dict, status: str, log, add_storage) -> None:
     """End the parent run. Runs in the flow's ``finally``: an error here is logged, never raised,
     so the error that stopped the run is the one the user sees."""
     try:
+        add_storage()
         trk.log_metrics(parent, {"flow_seconds": summary["seconds"],
                                  **{f"{k}.seconds": v["seconds"] for k, v in summary["stages"].items()}})
         trk.log_text(parent, json.dumps(summary, indent=2, default=str), "summary.json")
@@ -213,9 +214,11 @@ def post_training(recipe: str = "smoke", overrides: list[str] | None = None,
         status = "FINISHED"
     finally:
         summary = build_summary(fr_id, parent, results, cached, time.perf_counter() - t_start)
-        _storage(summary, results, wall_start)
-        _close(trk, parent, summary, status, log)
-        runowners.release(state_dir, flow_run=fr_id, mlflow_run=parent)
+        _close(trk, parent, summary, status, log, lambda: _storage(summary, results, wall_start))
+        try:
+            runowners.release(state_dir, flow_run=fr_id, mlflow_run=parent)
+        except OSError as e:
+            log.warning("could not remove this run's owner record: %s", e)
     return summary
 
 
