@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from components.recipe import STAGES
 from user_cli import flow_run_states, mlflow_db, posttrain, query
 
 SMOKE = ["run", "--recipe", "smoke"]
@@ -64,6 +65,9 @@ def test_mistakes_fail_before_work_in_one_line(tmp_path):
     s3 = posttrain(SMOKE, state, POSTTRAIN_ARTIFACT_ROOT="s3://posttrain/x", POSTTRAIN_S3_ENDPOINT_URL="http://127.0.0.1:9",
                    POSTTRAIN_S3_ACCESS_KEY="k", POSTTRAIN_S3_SECRET_KEY="s")
     _one_line_exit_2(s3, "cannot reach the S3 artifact root", "127.0.0.1:9", "POSTTRAIN_S3_ENDPOINT_URL")
+
+    helptext = " ".join(posttrain(["run", "--help"], state, timeout=300).stdout.split())
+    assert all(name in helptext for name in STAGES), helptext
 
     debug = posttrain([*SMOKE, "--stages", "curat", "--debug"], state)
     assert debug.returncode == 2 and "Traceback" in debug.stderr and "UserError" in debug.stderr
