@@ -66,10 +66,12 @@ def run(
         stage_list = _start_checks(recipe, set_, stages)
     except (UserError, RecipeError) as e:
         _fail(e, 2, debug)
-    _env()
+    settings = _env()
     try:
         from flows.post_training import post_training
+        from tasks.server import ensure_prefect_api
 
+        ensure_prefect_api(settings.lock_dir)
         result = post_training(recipe=recipe, overrides=set_, stages=stage_list)
     except (UserError, RecipeError) as e:
         _fail(e, 2, debug)
@@ -153,8 +155,11 @@ def doctor(repair: bool = typer.Option(False, "--repair", help="mark what it fin
     """Find runs left RUNNING by processes that no longer exist, and stale locks; --repair fixes them.
 
     Only this machine's dead processes are considered: a live run is never touched."""
-    _env()
+    settings = _env()
     from tasks.reconcile import reconcile
+    from tasks.server import ensure_prefect_api
+
+    ensure_prefect_api(settings.lock_dir)
 
     report = reconcile(repair=repair)
     for line in report.lines():
