@@ -153,5 +153,18 @@ def configure_process_env(settings: Settings | None = None) -> Settings:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    _safe_child_path()
     export_s3_env(s)
     return s
+
+
+def _safe_child_path() -> None:
+    """Child ``python -m`` processes (Prefect's ephemeral server runs ``python -m uvicorn``) must not
+    import from the user's working directory: a file there named like a standard-library module
+    (``inspect.py``) would shadow it. PYTHONSAFEPATH stops ``-m`` prepending the cwd to sys.path;
+    the project's own folder goes on PYTHONPATH so children import the same code as this process."""
+    os.environ.setdefault("PYTHONSAFEPATH", "1")
+    root = str(Path(__file__).resolve().parents[1])
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*parts, root])

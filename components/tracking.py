@@ -52,6 +52,7 @@ class Tracker:
 
     def __init__(self, settings: Settings):
         os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         # MLflow's S3 artifact repository (boto3) reads endpoint and keys from the environment.
         export_s3_env(settings)
         self.settings = settings
@@ -145,11 +146,25 @@ class Tracker:
             [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
         )
 
+    def parent_runs(self) -> list:
+        """Every flow's parent run (they carry the Prefect flow run id), newest first."""
+        return self.client.search_runs([self.experiment_id], filter_string="tags.`prefect.flow_run_id` != ''",
+                                       order_by=["attributes.start_time DESC"], max_results=5000)
+
+    def read_text(self, run_id: str, name: str) -> str:
+        import mlflow.artifacts
+
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{name}")
+
     def metric_history(self, run_id: str, key: str) -> list[float]:
         return [m.value for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
     # registry -----------------------------------------------------------
-    def register_model(self, name: str, source_uri: str, run_id: str, tags: dict[str, Any]) -> str:
+    def register_model(self, name: str, source_uri: str, run_id: str, tags: dict[str, Any],
+                       identity: tuple[str, ...] = ()) -> str:
+        """Register ``source_uri`` as a new version of ``name``, or return the existing version whose
+        ``identity`` tags (and source) equal this one's: registering twice (a rerun after a kill
+        between registration and the stage's end) never makes a duplicate."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -157,8 +172,39 @@ class Tracker:
         except MlflowException:
             pass
         clean = {k: str(v) for k, v in tags.items() if not is_secret(k)}
+        if identity:
+            same = self._same_version(name, source_uri, {k: clean.get(k, "") for k in identity})
+            if same is not None:
+                return same
         mv = self.client.create_model_version(name, source=source_uri, run_id=run_id, tags=clean)
         return str(mv.version)
+
+    def _same_version(self, name: str, source_uri: str, ident: dict[str, str]) -> str | None:
+        for mv in self.client.search_model_versions(f"name = '{name}'"):
+            if mv.source == source_uri and all(mv.tags.get(k, "") == v for k, v in ident.items()):
+                return str(mv.version)
+        return None
+
+    def find_version(self, name: str, version: str):
+        """The model version, or None when the model or the version does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version(name, str(version))
+        except MlflowException:
+            return None
+
+    def version_numbers(self, name: str) -> list[str]:
+        vs = self.client.search_model_versions(f"name = '{name}'")
+        return [str(v) for v in sorted(int(mv.version) for mv in vs)]
+
+    def latest_version(self):
+        """The most recently created model version of any registered model, or None."""
+        found = self.client.search_model_versions(order_by=["creation_timestamp DESC"], max_results=1)
+        return found[0] if found else None
+
+    def all_versions(self) -> list:
+        return list(self.client.search_model_versions())
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)

@@ -18,30 +18,73 @@ def _env():
     return configure_process_env()
 
 
+_STAGES_HELP = ("comma-separated stages to run up to (upstream stages run too, usually cached): "
+                "curate, estimate_difficulty, rl_train, compress, evaluate, deploy")
+
+
+def _fail(exc: BaseException, code: int, debug: bool) -> None:
+    """One line on stderr naming the cause (and the fix), the traceback in a log file; exit ``code``."""
+    import traceback
+
+    from components.preflight import write_error_log
+    from components.settings import get_settings
+
+    log = write_error_log(get_settings().state_path, exc)
+    if debug:
+        traceback.print_exception(exc)
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    prefix = "error" if code == 2 else f"run failed: {type(exc).__name__}"
+    typer.echo(f"{prefix}: {text} (traceback: {log})", err=True)
+    raise typer.Exit(code)
+
+
+def _start_checks(recipe: str, set_: list[str], stages: Optional[str]):
+    """Everything a user can get wrong, checked before the flow (and any Prefect run) starts."""
+    from components.preflight import parse_stages, preflight
+    from components.recipe import load_recipe
+    from components.settings import get_settings
+
+    stage_list = parse_stages(stages)
+    rec = load_recipe(recipe, set_)
+    preflight(rec, get_settings())
+    return stage_list
+
+
 @app.command()
 def run(
     recipe: str = typer.Option("default", help="built-in recipe name or a YAML path"),
     set_: list[str] = typer.Option([], "--set", help="override a recipe field: key=value"),
-    stages: Optional[str] = typer.Option(None, help="comma-separated stages to run up to"),
+    stages: Optional[str] = typer.Option(None, help=_STAGES_HELP),
     summary: Optional[Path] = typer.Option(None, help="write a JSON run summary here"),
+    debug: bool = typer.Option(False, "--debug", help="print the full traceback of an error"),
 ) -> None:
     """Run the post-training flow on a recipe."""
-    _env()
-    from components.recipe import RecipeError, load_recipe
+    from components.preflight import UserError
+    from components.recipe import RecipeError
 
     try:
-        load_recipe(recipe, set_)  # fail on a bad recipe before any work starts
-    except RecipeError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2)
-    from flows.post_training import post_training
+        stage_list = _start_checks(recipe, set_, stages)
+    except (UserError, RecipeError) as e:
+        _fail(e, 2, debug)
+    settings = _env()
+    try:
+        from flows.post_training import post_training
+        from tasks.server import ensure_prefect_api
 
-    stage_list = [s.strip() for s in stages.split(",")] if stages else None
-    result = post_training(recipe=recipe, overrides=set_, stages=stage_list)
+        ensure_prefect_api(settings.lock_dir)
+        result = post_training(recipe=recipe, overrides=set_, stages=stage_list)
+    except (UserError, RecipeError) as e:
+        _fail(e, 2, debug)
+    except Exception as e:  # noqa: BLE001 - one line and the log file, never 500 lines
+        _fail(e, 1, debug)
     if summary:
         summary.write_text(json.dumps(result, indent=2, default=str))
     for name, s in result["stages"].items():
         typer.echo(f"{name:28s} {'cached' if s['cached'] else 'computed':8s} {s['seconds']:8.1f}s")
+    if "bytes_written" in result:
+        from components.gc import human
+
+        typer.echo(f"wrote {human(result['bytes_written'])} of new payloads ({len(result['payloads'])} payloads in use)")
     dep = result["stages"].get("deploy", {}).get("deployment")
     if dep:
         typer.echo(f"registered {dep['model_name']} v{dep['version']} ({dep['registered']}); {dep.get('decision', '')}")
@@ -68,26 +111,84 @@ def _echo_serving(dep: dict) -> None:
                    f"`posttrain serve --model {dep['model_name']}` starts the champion")
 
 
+_MODEL_HELP = "registered model name (default: the model of the last run in this state folder)"
+
+
+def _model_name(trk, model: Optional[str]) -> str:
+    from components.stages.deploy import last_model_name
+
+    return model or last_model_name(trk) or "posttrain-policy"
+
+
 @app.command()
-def promote(version: str, model: str = typer.Option("posttrain-policy", help="registered model name")) -> None:
-    """Make VERSION the champion (the old champion becomes 'previous')."""
+def promote(version: str, model: Optional[str] = typer.Option(None, help=_MODEL_HELP)) -> None:
+    """Make VERSION the champion (the old champion becomes 'previous'); an unknown VERSION changes nothing."""
+    from components.stages.deploy import RegistryError
     from components.stages.deploy import promote as do_promote
     from components.tracking import Tracker
 
-    typer.echo(json.dumps(do_promote(Tracker(_env()), model, version)))
+    trk = Tracker(_env())
+    try:
+        typer.echo(json.dumps(do_promote(trk, _model_name(trk, model), version)))
+    except RegistryError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
 
 
 @app.command()
-def rollback(model: str = typer.Option("posttrain-policy", help="registered model name")) -> None:
-    """Swap 'champion' back to 'previous'."""
+def rollback(model: Optional[str] = typer.Option(None, help=_MODEL_HELP)) -> None:
+    """Swap 'champion' back to 'previous'; with no distinct previous version, says so and changes nothing."""
+    from components.stages.deploy import RegistryError
     from components.stages.deploy import rollback as do_rollback
     from components.tracking import Tracker
 
+    trk = Tracker(_env())
     try:
-        typer.echo(json.dumps(do_rollback(Tracker(_env()), model)))
-    except ValueError as e:
-        typer.echo(str(e), err=True)
+        typer.echo(json.dumps(do_rollback(trk, _model_name(trk, model))))
+    except RegistryError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+def doctor(repair: bool = typer.Option(False, "--repair", help="mark what it finds crashed/failed and remove stale locks")) -> None:
+    """Find runs left RUNNING by processes that no longer exist, and stale locks; --repair fixes them.
+
+    Only this machine's dead processes are considered: a live run is never touched."""
+    settings = _env()
+    from tasks.reconcile import reconcile
+    from tasks.server import ensure_prefect_api
+
+    ensure_prefect_api(settings.lock_dir)
+
+    report = reconcile(repair=repair)
+    for line in report.lines():
+        typer.echo(line)
+    if report.findings and not repair:
+        typer.echo("run `posttrain doctor --repair` to fix these (every `posttrain run` also does at start)")
         raise typer.Exit(1)
+
+
+@app.command()
+def gc(
+    yes: bool = typer.Option(False, "--yes", help="delete (default: only list what would go and its size)"),
+    keep_last: int = typer.Option(1, help="also keep every payload of the last N runs"),
+    older_than: float = typer.Option(1.0, help="only delete payloads not written for this many days"),
+) -> None:
+    """Delete stage payloads nothing needs (dry run by default): never a registered version's lineage,
+    a live deployment, the last runs' outputs or anything newer than --older-than."""
+    settings = _env()
+    from components.gc import collect, human
+    from components.tracking import Tracker
+
+    plan = collect(Tracker(settings), settings, keep_last=keep_last, older_than_days=older_than)
+    for item in plan.items:
+        typer.echo(f"{'delete' if yes else 'would delete'} {human(item.bytes):>9s}  {item.path}  ({item.why})")
+    if yes:
+        plan.apply()
+    verb = "freed" if yes else "would free"
+    typer.echo(f"{verb} {human(plan.total)} in {len(plan.items)} item(s); kept {len(plan.kept)} payload(s)"
+               + ("" if yes else "; run with --yes to delete"))
 
 
 @app.command()

@@ -6,22 +6,25 @@ Run it as ``posttrain run --recipe smoke`` or ``python -m flows.post_training --
 
 from __future__ import annotations
 
-from components.settings import configure_process_env
+from components.settings import configure_process_env, get_settings
 
 configure_process_env()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
+from components import runowners  # noqa: E402
 from components.recipe import (STAGES, Recipe, RecipeError, apply_override,  # noqa: E402
                                format_validation_error, load_recipe, stage_config)
 from components.stages.context import StageResult  # noqa: E402
+from components.gc import storage_summary  # noqa: E402
 from components.summary import build_summary, markdown_summary  # noqa: E402
 from flows.rl_train import rl_train_flow  # noqa: E402
 from tasks import compress as compress_t  # noqa: E402
@@ -31,6 +34,7 @@ from tasks import difficulty as difficulty_t  # noqa: E402
 from tasks import evaluate as evaluate_t  # noqa: E402
 from tasks import prepare_model as model_t  # noqa: E402
 from tasks.common import run_stage, store, tracker  # noqa: E402
+from tasks.reconcile import reconcile  # noqa: E402
 
 
 def _wanted(stages: list[str] | None) -> int:
@@ -62,6 +66,44 @@ def _champion(rec: Recipe, candidates: dict) -> tuple:
     return ref, None
 
 
+def _reconcile(log) -> None:
+    """Mark what killed runs of this machine left RUNNING as crashed; never fails the run."""
+    try:
+        for line in reconcile(repair=True).lines()[:20]:
+            if not line.startswith("nothing to repair"):
+                log.warning("reconcile: %s", line)
+    except Exception as e:  # noqa: BLE001 - bookkeeping of older runs must not stop this one
+        log.warning("reconcile of earlier runs failed: %s: %s", type(e).__name__, e)
+
+
+def _storage(summary: dict, results: dict, since: float) -> None:
+    """Add the payloads this run needs (for ``posttrain gc``) and the bytes it wrote."""
+    s = get_settings()
+    if not s.remote_root:
+        summary.update(storage_summary(Path(s.artifact_uri.removeprefix("file://")), results, since))
+
+
+def _close(trk, parent: str, summary: dict, status: str, log, add_storage) -> None:
+    """End the parent run. Runs in the flow's ``finally``: an error here is logged, never raised,
+    so the error that stopped the run is the one the user sees."""
+    try:
+        add_storage()
+        trk.log_metrics(parent, {"flow_seconds": summary["seconds"],
+                                 **{f"{k}.seconds": v["seconds"] for k, v in summary["stages"].items()}})
+        trk.log_text(parent, json.dumps(summary, indent=2, default=str), "summary.json")
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not log the run summary: %s: %s", type(e).__name__, e)
+    try:
+        trk.end_run(parent, status)
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not end MLflow run %s: %s: %s", parent, type(e).__name__, e)
+    try:
+        create_markdown_artifact(markdown=markdown_summary(summary, trk.run_url(parent)), key="run-summary",
+                                 description="posttrain run summary")
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def resolve_recipe(recipe: str, config: Recipe | None, overrides: list[str] | None) -> Recipe:
     """The run's recipe: ``config`` (a form filled in the Prefect UI) wins over the ``recipe`` name;
     ``overrides`` apply to either, with the same validation as ``--set``."""
@@ -89,14 +131,18 @@ def post_training(recipe: str = "smoke", overrides: list[str] | None = None,
             evaluate, deploy); upstream stages run too, usually as cache hits. Empty: all stages.
         config: a whole recipe as a form; when given it replaces the named recipe.
     """
-    t_start = time.perf_counter()
+    t_start, wall_start = time.perf_counter(), time.time()
     rec = resolve_recipe(recipe, config, overrides)
     last = _wanted(stages)
     log = get_run_logger()
-    trk = tracker()
     fr_id = str(flow_run.get_id() or "local")
+    state_dir = get_settings().state_path
+    runowners.record(state_dir, flow_run=fr_id)
+    _reconcile(log)
+    trk = tracker()
     parent = trk.start_run(f"{rec.name}-{flow_run.get_name() or 'run'}", tags={
         "prefect.flow_run_id": fr_id, "recipe": rec.name, "recipe_digest": rec.digest()})
+    runowners.record(state_dir, mlflow_run=parent)
     trk.log_params(parent, {"recipe": rec.model_dump(mode="json")})
     try:
         create_link_artifact(link=trk.run_url(parent), link_text="MLflow run", key="mlflow-run",
@@ -168,15 +214,11 @@ def post_training(recipe: str = "smoke", overrides: list[str] | None = None,
         status = "FINISHED"
     finally:
         summary = build_summary(fr_id, parent, results, cached, time.perf_counter() - t_start)
-        trk.log_metrics(parent, {"flow_seconds": summary["seconds"],
-                                 **{f"{k}.seconds": v["seconds"] for k, v in summary["stages"].items()}})
-        trk.log_text(parent, json.dumps(summary, indent=2, default=str), "summary.json")
-        trk.end_run(parent, status)
+        _close(trk, parent, summary, status, log, lambda: _storage(summary, results, wall_start))
         try:
-            create_markdown_artifact(markdown=markdown_summary(summary, trk.run_url(parent)), key="run-summary",
-                                     description="posttrain run summary")
-        except Exception:
-            pass
+            runowners.release(state_dir, flow_run=fr_id, mlflow_run=parent)
+        except OSError as e:
+            log.warning("could not remove this run's owner record: %s", e)
     return summary
 
 

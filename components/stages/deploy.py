@@ -15,26 +15,77 @@ from components.artifacts import run_info_dir, sha256_dir
 from components.stages.evaluate import serving_folder
 
 
+# Tags that say what a registered version *is*: a candidate with the same values is the same
+# version (a rerun after a kill reuses it instead of registering a duplicate).
+IDENTITY_TAGS = ("model_sha256", "source_sha256", "candidate_name", "recipe_digest", "dataset_sha256",
+                 "difficulty_sha256", "rl_checkpoint_sha256", "base_model_sha256")
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be done as asked; nothing was changed."""
+
+
+def last_model_name(tracker) -> str | None:
+    """The registered model of the newest version in this state folder's registry."""
+    mv = tracker.latest_version()
+    return mv.name if mv is not None else None
+
+
+def _version(tracker, name: str, version: str):
+    mv = tracker.find_version(name, str(version))
+    if mv is None:
+        known = tracker.version_numbers(name)
+        have = f"versions: {', '.join(known)}" if known else "it has no versions (or does not exist)"
+        raise RegistryError(f"model {name} has no version {version!r} ({have}); nothing changed")
+    return mv
+
+
+def _move(tracker, name: str, wanted: dict[str, str | None]) -> None:
+    """Set aliases in order; if any move fails, put every alias back as it was, then re-raise."""
+    before = {a: getattr(tracker.version_by_alias(name, a), "version", None) for a in wanted}
+    try:
+        for alias, version in wanted.items():
+            if version is None:
+                tracker.delete_alias(name, alias)
+            else:
+                tracker.set_alias(name, alias, str(version))
+    except BaseException:
+        for alias, version in before.items():
+            try:
+                if version is None:
+                    tracker.delete_alias(name, alias)
+                else:
+                    tracker.set_alias(name, alias, str(version))
+            except Exception:  # noqa: BLE001 - keep restoring the others
+                pass
+        raise
+
+
 def promote(tracker, name: str, version: str) -> dict:
-    """Make ``version`` the champion; the old champion becomes ``previous``."""
+    """Make ``version`` the champion; the old champion becomes ``previous``. An unknown version
+    raises ``RegistryError`` before any alias moves."""
+    _version(tracker, name, version)
     old = tracker.version_by_alias(name, "champion")
     if old is not None and str(old.version) == str(version):
-        return {"champion": version, "previous": None}
+        return {"champion": str(version), "previous": None}
+    moves: dict[str, str | None] = {"champion": str(version)}
     if old is not None:
-        tracker.set_alias(name, "previous", str(old.version))
-    tracker.set_alias(name, "champion", str(version))
-    return {"champion": version, "previous": str(old.version) if old else None}
+        moves = {"previous": str(old.version), **moves}
+    _move(tracker, name, moves)
+    return {"champion": str(version), "previous": str(old.version) if old else None}
 
 
 def rollback(tracker, name: str) -> dict:
-    """Swap ``champion`` back to ``previous``."""
+    """Swap ``champion`` back to ``previous``; refuses (changing nothing) without a distinct previous."""
     prev = tracker.version_by_alias(name, "previous")
     cur = tracker.version_by_alias(name, "champion")
-    if prev is None:
-        raise ValueError(f"model {name} has no 'previous' version to roll back to")
-    tracker.set_alias(name, "champion", str(prev.version))
+    if prev is None or (cur is not None and str(prev.version) == str(cur.version)):
+        what = "no 'previous' version" if prev is None else f"'previous' is the champion (v{prev.version})"
+        raise RegistryError(f"model {name} has {what}: nothing to roll back to; nothing changed")
+    moves: dict[str, str | None] = {"champion": str(prev.version)}
     if cur is not None:
-        tracker.set_alias(name, "previous", str(cur.version))
+        moves["previous"] = str(cur.version)
+    _move(tracker, name, moves)
     return {"champion": str(prev.version), "previous": str(cur.version) if cur else None}
 
 
@@ -81,7 +132,7 @@ def run(cfg, chosen: str | None, candidate_refs: dict, lineage: dict, decision: 
     sub = serving_folder(local).relative_to(local).as_posix()
     source = ref["uri"] if sub == "." else f"{ref['uri'].rstrip('/')}/{sub}"
     tags["source_sha256"] = sha256_dir(serving_folder(local))
-    version = tracker.register_model(name, source, run_id, tags)
+    version = tracker.register_model(name, source, run_id, tags, identity=IDENTITY_TAGS)
     tracker.set_alias(name, "candidate", version)
     record.update({"model_name": name, "version": version, "source": source, "registered": target})
     metrics["registered"] = 1.0
