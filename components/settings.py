@@ -181,7 +181,7 @@ def _use_prefect_server(s: Settings) -> None:
     state folder (``<state>/ui.json``); else Prefect's ephemeral mode. A live UI server that does
     not answer is an error, never a reason to start a second server on the same database.
     """
-    from components.ui_record import read_record, record_path
+    from components.ui_record import pid_alive, read_record, record_path
 
     rec = read_record(s.state_path)
     if rec and s.mlflow_ui_url is None:
@@ -196,11 +196,16 @@ def _use_prefect_server(s: Settings) -> None:
         return
     if rec:
         url = rec["prefect_api_url"]
-        if not _wait_answers(url.rstrip("/") + "/health", rec["pid"], 60.0):
+        answers = _wait_answers(url.rstrip("/") + "/health", rec["pid"], 240.0)
+        if not answers and not pid_alive(rec["pid"]):  # the UI stopped meanwhile
+            rec = None
+        elif not answers:
             raise RuntimeError(f"the Prefect server of `posttrain ui` (pid {rec['pid']}, {record_path(s.state_path)}) "
                                f"does not answer at {url}; refusing to start a second server on the same database")
-        os.environ["PREFECT_API_URL"] = url
-        _PREFECT_SOURCE.update(how="ui.json", url=url, pid=rec["pid"], record=str(record_path(s.state_path)))
+    if rec:
+        os.environ["PREFECT_API_URL"] = rec["prefect_api_url"]
+        _PREFECT_SOURCE.update(how="ui.json", url=rec["prefect_api_url"], pid=rec["pid"],
+                               record=str(record_path(s.state_path)))
         return
     _PREFECT_SOURCE.update(how="ephemeral", url=None, home=os.environ.get("PREFECT_HOME", ""))
 

@@ -48,6 +48,9 @@ def start_uis(settings: Settings, host: str = "127.0.0.1", prefect_port: int = P
     if live is not None:
         raise RuntimeError(f"`posttrain ui` (pid {live['pid']}) already serves {state}: Prefect "
                            f"{live['prefect_ui_url']}, MLflow {live['mlflow_ui_url']}; one Prefect server per state folder")
+    # Recorded before the servers start: a `run` in another shell waits for this server
+    # instead of starting an ephemeral one on the same database meanwhile.
+    ui_record.write_record(state, host, prefect_port, mlflow_port, {})
     procs = {}
     for name, cmd in server_commands(settings, host, prefect_port, mlflow_port).items():
         log = open(logs / f"{name}-ui.log", "ab")
@@ -58,13 +61,13 @@ def start_uis(settings: Settings, host: str = "127.0.0.1", prefect_port: int = P
     while pending and time.time() < deadline:
         for n in list(pending):
             if procs[n].poll() is not None:
-                stop_uis(procs)
+                stop_uis(procs, state=state)
                 raise RuntimeError(f"{n} server exited; see {logs / (n + '-ui.log')}")
             if answers(urls[n]):
                 pending.discard(n)
         time.sleep(1.0)
     if pending:
-        stop_uis(procs)
+        stop_uis(procs, state=state)
         raise RuntimeError(f"{sorted(pending)} did not answer within {wait_s:.0f}s; logs in {logs}")
     ui_record.write_record(state, host, prefect_port, mlflow_port, {n: p.pid for n, p in procs.items()})
     return procs

@@ -21,7 +21,8 @@ def record_path(state: Path) -> Path:
 
 
 def write_record(state: Path, host: str, prefect_port: int, mlflow_port: int, server_pids: dict[str, int]) -> dict:
-    """Atomically record the URLs this process serves (``pid`` is the ``posttrain ui`` process)."""
+    """Atomically record the URLs this process serves (``pid`` is the ``posttrain ui`` process);
+    written once before the servers start (no ``server_pids`` yet) and again once they answer."""
     rec = {
         "pid": os.getpid(),
         "prefect_ui_url": f"http://{host}:{prefect_port}",
