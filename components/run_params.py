@@ -4,13 +4,13 @@ They type the flow parameters, so the Prefect UI's run form shows the recipe as 
 built-in recipes and the YAML files under ``POSTTRAIN_RECIPES_DIR``, the stages as a list of
 stage names and each override as a checked ``key=value`` item; the server refuses anything else
 before a run is created. Called directly (``posttrain run --recipe my.yaml``), a flow still
-takes any recipe path: only the JSON schema carries the list, the Python type is ``str``.
+takes any recipe path: only the JSON schema carries the lists, the Python types are ``str``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, WithJsonSchema
 
@@ -49,5 +49,7 @@ def recipe_name_type(choices: list[str]) -> object:
     return Annotated[str, WithJsonSchema({"type": "string", "enum": list(choices)})]
 
 
-StageName = Literal[STAGES]  # type: ignore[valid-type]
+# A string whose schema lists the stages: the UI offers a multi-select and the server refuses
+# other names; a direct call gets the flow's own "unknown stage(s) ...; allowed: ..." message.
+StageName = Annotated[str, WithJsonSchema({"type": "string", "enum": list(STAGES)})]
 Override = Annotated[str, Field(pattern=OVERRIDE_PATTERN, description="key=value, e.g. rl_train.steps=20")]

@@ -34,7 +34,7 @@ def server_commands(settings: Settings, host: str = "127.0.0.1", prefect_port: i
 
 
 def start_uis(settings: Settings, host: str = "127.0.0.1", prefect_port: int = PREFECT_PORT,
-              mlflow_port: int = MLFLOW_PORT, wait_s: float = 120.0) -> dict[str, subprocess.Popen]:
+              mlflow_port: int = MLFLOW_PORT, wait_s: float = 300.0) -> dict[str, subprocess.Popen]:
     env = dict(os.environ)
     env["PREFECT_HOME"] = str(settings.state_path / "prefect")
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"

@@ -94,7 +94,7 @@ def post_training(recipe: RecipeName = "smoke", overrides: list[Override] | None
         stages: run up to the last of these stages; upstream stages run too, usually as cache
             hits. Empty: all stages.
         config: a whole recipe as a form, pre-filled from the deployment's recipe; when given it
-            replaces the named recipe (choose null to run the recipe by name).
+            replaces the named recipe (choose None to run the recipe by name).
     """
     t_start = time.perf_counter()
     rec = resolve_recipe(recipe, config, overrides)
