@@ -179,8 +179,8 @@ def ui(
 ) -> None:
     """Start the Prefect and MLflow UIs on 127.0.0.1 (state-folder databases); Ctrl-C stops both.
 
-    Their URLs go to <state>/ui.json: `run`, `serve-flows` and flow runs in other shells use this
-    Prefect server and link to this MLflow UI."""
+    Their URLs go to <state>/ui.json, where `run`, `serve-flows` and flow runs find them.
+    """
     import time
 
     from components.ui import start_uis, stop_uis
@@ -245,8 +245,10 @@ def serve_flows(
     cron: str = typer.Option("0 3 * * 0", envvar="POSTTRAIN_RETRAIN_CRON", help=_CRON_HELP),
     timezone: str = typer.Option("UTC", help="time zone of the cron"),
 ) -> None:
-    """Register the deployments and run their flow runs in this process (one at a time) until
-    Ctrl-C or SIGTERM (from any shell). Uses the Prefect server of `posttrain ui` when one runs."""
+    """Register the deployments and run their flow runs here, one at a time, until Ctrl-C or SIGTERM.
+
+    Uses the Prefect server of a live `posttrain ui` for the state folder (see <state>/ui.json).
+    """
     _take_back_signals()
     _env()
     from flows.deployments import deployment_specs
