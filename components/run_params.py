@@ -16,7 +16,7 @@ from pydantic import Field, WithJsonSchema
 
 from components.recipe import STAGES, builtin_recipes
 
-OVERRIDE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=.*$"
+OVERRIDE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*="  # then any value (YAML), newlines too
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
