@@ -7,6 +7,7 @@ so secrets such as S3 keys stay out of MLflow params, Prefect parameters and log
 from __future__ import annotations
 
 import os
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,7 +25,11 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
-    prefect_api_url: str | None = Field(None, description="use this Prefect server if set")
+    prefect_api_url: str | None = Field(
+        None, description="use this Prefect server when it answers (else the one of `posttrain ui`, else ephemeral)")
+    mlflow_ui_url: str | None = Field(
+        None, description="MLflow UI base URL for links in Prefect (default: the one of `posttrain ui`, else :5000)")
+    recipes_dir: Path = Field(Path("recipes"), description="YAML recipes offered by name in the Prefect UI form")
     cache_version: str = Field("1", description="bump to invalidate every cached stage")
 
     @property
@@ -144,11 +149,7 @@ def configure_process_env(settings: Settings | None = None) -> Settings:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    api = s.prefect_api_url or "http://127.0.0.1:4200/api"
-    if "PREFECT_API_URL" not in os.environ and _answers(api.rstrip("/") + "/health"):
-        # A Prefect server (``posttrain ui``) is up: runs show live in its UI.
-        os.environ["PREFECT_API_URL"] = api
-    os.environ.setdefault("POSTTRAIN_MLFLOW_UI_URL", "http://127.0.0.1:5000")
+    _use_prefect_server(s)
     # No hub at run time: fail fast with a clear error instead of hanging on retries.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -168,3 +169,68 @@ def _safe_child_path() -> None:
     parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if root not in parts:
         os.environ["PYTHONPATH"] = os.pathsep.join([*parts, root])
+
+
+# How this process reaches Prefect, for ``prefect_server_note`` (set by configure_process_env).
+_PREFECT_SOURCE = {"how": "unset"}
+
+
+def _wait_answers(url: str, pid: int, timeout_s: float) -> bool:
+    from components.ui_record import pid_alive
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and pid_alive(pid):
+        if _answers(url):
+            return True
+        time.sleep(1.0)
+    return _answers(url)
+
+
+def _use_prefect_server(s: Settings) -> None:
+    """Pick the Prefect server (and the MLflow UI for links) before prefect is imported.
+
+    Order: ``PREFECT_API_URL`` already set (a worker or runner passes it to its flow runs);
+    ``POSTTRAIN_PREFECT_API_URL`` when it answers; the server of a live ``posttrain ui`` for this
+    state folder (``<state>/ui.json``); else Prefect's ephemeral mode. A live UI server that does
+    not answer is an error, never a reason to start a second server on the same database.
+    """
+    from components.ui_record import pid_alive, read_record, record_path
+
+    rec = read_record(s.state_path)
+    if rec and s.mlflow_ui_url is None:
+        os.environ.setdefault("POSTTRAIN_MLFLOW_UI_URL", rec["mlflow_ui_url"])
+    os.environ.setdefault("POSTTRAIN_MLFLOW_UI_URL", s.mlflow_ui_url or "http://127.0.0.1:5000")
+    if "PREFECT_API_URL" in os.environ:
+        _PREFECT_SOURCE.update(how="PREFECT_API_URL", url=os.environ["PREFECT_API_URL"])
+        return
+    if s.prefect_api_url and _answers(s.prefect_api_url.rstrip("/") + "/health"):
+        os.environ["PREFECT_API_URL"] = s.prefect_api_url
+        _PREFECT_SOURCE.update(how="POSTTRAIN_PREFECT_API_URL", url=s.prefect_api_url)
+        return
+    if rec:
+        url = rec["prefect_api_url"]
+        answers = _wait_answers(url.rstrip("/") + "/health", rec["pid"], 240.0)
+        if not answers and not pid_alive(rec["pid"]):  # the UI stopped meanwhile
+            rec = None
+        elif not answers:
+            raise RuntimeError(f"the Prefect server of `posttrain ui` (pid {rec['pid']}, {record_path(s.state_path)}) "
+                               f"does not answer at {url}; refusing to start a second server on the same database")
+    if rec:
+        os.environ["PREFECT_API_URL"] = rec["prefect_api_url"]
+        _PREFECT_SOURCE.update(how="ui.json", url=rec["prefect_api_url"], pid=rec["pid"],
+                               record=str(record_path(s.state_path)))
+        return
+    _PREFECT_SOURCE.update(how="ephemeral", url=None, home=os.environ.get("PREFECT_HOME", ""))
+
+
+def prefect_server_note() -> str:
+    """One line saying which Prefect server this process uses (call after configure_process_env)."""
+    src = _PREFECT_SOURCE
+    if src["how"] == "ui.json":
+        return f"Prefect server: {src['url']} (posttrain ui, pid {src['pid']}, recorded in {src['record']})"
+    if src["how"] == "ephemeral":
+        return (f"Prefect server: ephemeral, started by Prefect on the database in {src['home']} "
+                "(no `posttrain ui` is running for this state folder)")
+    if src["how"] == "unset":
+        return "Prefect server: not chosen yet"
+    return f"Prefect server: {src['url']} (from {src['how']})"

@@ -11,6 +11,7 @@ import fcntl
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,12 @@ class Tracker:
 
         files = sorted(Path(parquet_dir).glob("*.parquet"))
         df = pd.concat([pd.read_parquet(f) for f in files]) if files else pd.DataFrame()
-        ds = mlflow.data.from_pandas(df, source=str(parquet_dir), name=name, digest=digest[:32])
+        with warnings.catch_warnings():
+            # MLflow registers its local artifact source for both the "" and "file" schemes, then
+            # warns on every local path that the two (identical) classes both match.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways",
+                                    category=UserWarning)
+            ds = mlflow.data.from_pandas(df, source=str(parquet_dir), name=name, digest=digest[:32])
         self.client.log_inputs(
             run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])]
         )

@@ -1,7 +1,8 @@
 """Start the Prefect and MLflow UIs on 127.0.0.1 with their databases in the state folder.
 
-``posttrain run`` uses a Prefect server that answers at the configured URL; otherwise it falls
-back to Prefect's ephemeral mode on the same database, so runs show up in the UI either way.
+Once both answer, ``<state>/ui.json`` records their URLs (``components.ui_record``): ``posttrain
+run``, ``serve-flows`` and flow-run processes then use this Prefect server, so there is one
+server per state folder; without a live UI they use Prefect's ephemeral mode on the same database.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from components import ui_record
 from components.settings import Settings, _answers as answers
 
 PREFECT_PORT = 4200
@@ -32,7 +34,7 @@ def server_commands(settings: Settings, host: str = "127.0.0.1", prefect_port: i
 
 
 def start_uis(settings: Settings, host: str = "127.0.0.1", prefect_port: int = PREFECT_PORT,
-              mlflow_port: int = MLFLOW_PORT, wait_s: float = 120.0) -> dict[str, subprocess.Popen]:
+              mlflow_port: int = MLFLOW_PORT, wait_s: float = 300.0) -> dict[str, subprocess.Popen]:
     env = dict(os.environ)
     env["PREFECT_HOME"] = str(settings.state_path / "prefect")
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -41,6 +43,14 @@ def start_uis(settings: Settings, host: str = "127.0.0.1", prefect_port: int = P
     env["PREFECT_UI_API_URL"] = f"http://{host}:{prefect_port}/api"
     logs = settings.state_path / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    state = settings.state_path
+    live = ui_record.read_record(state)
+    if live is not None:
+        raise RuntimeError(f"`posttrain ui` (pid {live['pid']}) already serves {state}: Prefect "
+                           f"{live['prefect_ui_url']}, MLflow {live['mlflow_ui_url']}; one Prefect server per state folder")
+    # Recorded before the servers start: a `run` in another shell waits for this server
+    # instead of starting an ephemeral one on the same database meanwhile.
+    ui_record.write_record(state, host, prefect_port, mlflow_port, {})
     procs = {}
     for name, cmd in server_commands(settings, host, prefect_port, mlflow_port).items():
         log = open(logs / f"{name}-ui.log", "ab")
@@ -51,14 +61,15 @@ def start_uis(settings: Settings, host: str = "127.0.0.1", prefect_port: int = P
     while pending and time.time() < deadline:
         for n in list(pending):
             if procs[n].poll() is not None:
-                stop_uis(procs)
+                stop_uis(procs, state=state)
                 raise RuntimeError(f"{n} server exited; see {logs / (n + '-ui.log')}")
             if answers(urls[n]):
                 pending.discard(n)
         time.sleep(1.0)
     if pending:
-        stop_uis(procs)
+        stop_uis(procs, state=state)
         raise RuntimeError(f"{sorted(pending)} did not answer within {wait_s:.0f}s; logs in {logs}")
+    ui_record.write_record(state, host, prefect_port, mlflow_port, {n: p.pid for n, p in procs.items()})
     return procs
 
 
@@ -70,9 +81,12 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def stop_uis(procs: dict[str, subprocess.Popen], timeout_s: float = 30.0) -> None:
+def stop_uis(procs: dict[str, subprocess.Popen], timeout_s: float = 30.0, state: Path | None = None) -> None:
     """SIGTERM each server's process group and wait for the whole group: the MLflow server's
-    job runners and Prefect's uvicorn outlive their leader by seconds. SIGKILL what is left."""
+    job runners and Prefect's uvicorn outlive their leader by seconds. SIGKILL what is left.
+    With ``state``, first drop this process's ``ui.json`` so nothing new picks these servers."""
+    if state is not None:
+        ui_record.remove_record(state)
     for p in procs.values():
         try:
             os.killpg(p.pid, signal.SIGTERM)

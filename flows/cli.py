@@ -50,6 +50,44 @@ def _start_checks(recipe: str, set_: list[str], stages: Optional[str]):
     return stage_list
 
 
+def _version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    typer.echo(f"posttrain {v('posttrain')} (prefect {v('prefect')}, mlflow {v('mlflow')}, "
+               f"torch {v('torch')}, transformers {v('transformers')}, sqlalchemy {v('sqlalchemy')})")
+    raise typer.Exit()
+
+
+# Commands that talk to a Prefect server: they say which one before they start (`run` says it
+# itself, after its pre-flight checks, so a user's mistake is reported before anything else).
+_USES_PREFECT = ("serve-flows", "deploy-flows", "work-pool")
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="print the versions of posttrain and its main libraries, then exit"),
+) -> None:
+    if ctx.invoked_subcommand in _USES_PREFECT and "--help" not in sys.argv:
+        from components.settings import prefect_server_note
+
+        try:
+            _env()
+        except RuntimeError as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(1)
+        typer.echo(prefect_server_note(), err=True)
+
+
 @app.command()
 def run(
     recipe: str = typer.Option("default", help="built-in recipe name or a YAML path"),
@@ -67,6 +105,9 @@ def run(
     except (UserError, RecipeError) as e:
         _fail(e, 2, debug)
     settings = _env()
+    from components.settings import prefect_server_note
+
+    typer.echo(prefect_server_note(), err=True)
     try:
         from flows.post_training import post_training
         from tasks.server import ensure_prefect_api
@@ -224,31 +265,52 @@ def deployments() -> None:
         typer.echo(f"{d.name:20s} v{d.model_version:5s} {d.endpoint:32s} pid {d.pid} ({d.color})")
 
 
+def _take_back_signals() -> None:
+    """A shell starting us in the background (no job control) leaves SIGINT ignored, and Python
+    then never raises KeyboardInterrupt: take Ctrl-C (and SIGTERM) back explicitly."""
+    import signal
+
+    def _interrupt(signum, frame):  # SIGTERM: the same unwinding as Ctrl-C
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # asyncio.run (prefect serve) handles it
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 @app.command()
 def ui(
-    prefect_port: int = typer.Option(4200), mlflow_port: int = typer.Option(5000),
+    prefect_port: int = typer.Option(4200, help="port of the Prefect server and UI (127.0.0.1)"),
+    mlflow_port: int = typer.Option(5000, help="port of the MLflow tracking server and UI (127.0.0.1)"),
 ) -> None:
-    """Start the Prefect and MLflow UIs on 127.0.0.1 (state-folder databases); Ctrl-C stops both."""
+    """Start the Prefect and MLflow UIs on 127.0.0.1 (state-folder databases); Ctrl-C stops both.
+
+    Their URLs go to <state>/ui.json, where `run`, `serve-flows` and flow runs find them.
+    """
     import time
 
     from components.ui import start_uis, stop_uis
+    from components.ui_record import env_lines, read_record
 
-    import signal
-
-    # A shell starting us in the background (no job control) leaves SIGINT ignored, and Python
-    # then never raises KeyboardInterrupt: take Ctrl-C (and SIGTERM) back explicitly.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    _take_back_signals()
     settings = _env()
-    procs = start_uis(settings, prefect_port=prefect_port, mlflow_port=mlflow_port)
-    typer.echo(f"Prefect UI: http://127.0.0.1:{prefect_port}\nMLflow UI:  http://127.0.0.1:{mlflow_port}\nCtrl-C stops both.")
+    try:
+        procs = start_uis(settings, prefect_port=prefect_port, mlflow_port=mlflow_port)
+    except RuntimeError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1)
+    rec = read_record(settings.state_path) or {}
+    typer.echo(f"Prefect UI: http://127.0.0.1:{prefect_port}\nMLflow UI:  http://127.0.0.1:{mlflow_port}")
+    typer.echo(f"Recorded in {settings.state_path / 'ui.json'}; in another shell (prefect worker, prefect CLI):")
+    for line in env_lines(rec, settings.state_path):
+        typer.echo(f"  {line}")
+    typer.echo("Ctrl-C stops both.")
     try:
         while all(p.poll() is None for p in procs.values()):
             time.sleep(1.0)
     except KeyboardInterrupt:
         pass
     finally:
-        stop_uis(procs)
+        stop_uis(procs, state=settings.state_path)
 
 
 _CRON_HELP = "cron of recurring-retrain (env POSTTRAIN_RETRAIN_CRON)"
@@ -288,12 +350,19 @@ def serve_flows(
     cron: str = typer.Option("0 3 * * 0", envvar="POSTTRAIN_RETRAIN_CRON", help=_CRON_HELP),
     timezone: str = typer.Option("UTC", help="time zone of the cron"),
 ) -> None:
-    """Register the deployments and run their flow runs in this process (one at a time) until Ctrl-C."""
+    """Register the deployments and run their flow runs here, one at a time, until Ctrl-C or SIGTERM.
+
+    Uses the Prefect server of a live `posttrain ui` for the state folder (see <state>/ui.json).
+    """
+    _take_back_signals()
     _env()
     from flows.deployments import deployment_specs
     from flows.deployments import serve_flows as do_serve
 
-    do_serve(deployment_specs(recipe, cron, timezone))
+    try:
+        do_serve(deployment_specs(recipe, cron, timezone))
+    except KeyboardInterrupt:
+        typer.echo("serve-flows stopped", err=True)
 
 
 @app.command()

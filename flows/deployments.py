@@ -45,6 +45,19 @@ class DeploymentSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
     cron: str | None = None
     timezone: str = DEFAULT_TIMEZONE
+    prefill_config: bool = False  # the `config` form starts from the named recipe
+
+
+def form_parameters(spec: DeploymentSpec) -> dict[str, Any]:
+    """The deployment's parameter defaults: the spec's, plus, where the spec asks for it, the
+    whole named recipe as ``config`` so that the UI's custom-run form starts from its values
+    (read when the deployment is registered: re-register after editing the recipe file)."""
+    params = dict(spec.parameters)
+    if spec.prefill_config:
+        from components.recipe import load_recipe
+
+        params["config"] = load_recipe(spec.parameters["recipe"]).model_dump(mode="json")
+    return params
 
 
 def deployment_specs(recipe: str = DEFAULT_RECIPE, cron: str = DEFAULT_CRON,
@@ -52,7 +65,7 @@ def deployment_specs(recipe: str = DEFAULT_RECIPE, cron: str = DEFAULT_CRON,
     """``post-training`` (on demand), ``stage-<name>`` per stage, ``recurring-retrain`` (cron)."""
     specs = [DeploymentSpec("post-training", POST_TRAINING,
                             "Run the whole pipeline on demand; fill in `config` for a custom recipe.",
-                            {"recipe": recipe})]
+                            {"recipe": recipe}, prefill_config=True)]
     specs += [DeploymentSpec(f"stage-{s}", POST_TRAINING,
                              f"Run up to `{s}` (upstream stages are usually cache hits).",
                              {"recipe": recipe, "stages": [s]}) for s in STAGES]
@@ -82,7 +95,7 @@ def build_deployments(specs: list[DeploymentSpec], work_pool: str | None = None,
         if s.entrypoint not in flows:
             flows[s.entrypoint] = Flow.from_source(source=str(REPO_ROOT), entrypoint=s.entrypoint)
         out.append(flows[s.entrypoint].to_deployment(
-            name=s.name, description=s.description, parameters=s.parameters, tags=TAGS,
+            name=s.name, description=s.description, parameters=form_parameters(s), tags=TAGS,
             schedules=[Cron(s.cron, timezone=s.timezone)] if s.cron else None,
             concurrency_limit=concurrency(), work_pool_name=work_pool,
             work_queue_name=work_queue if work_pool else None))

@@ -23,6 +23,7 @@ from pydantic import ValidationError  # noqa: E402
 from components import runowners  # noqa: E402
 from components.recipe import (STAGES, Recipe, RecipeError, apply_override,  # noqa: E402
                                format_validation_error, load_recipe, stage_config)
+from components.run_params import Override, StageName, recipe_choices, recipe_name_type  # noqa: E402
 from components.stages.context import StageResult  # noqa: E402
 from components.gc import storage_summary  # noqa: E402
 from components.summary import build_summary, markdown_summary  # noqa: E402
@@ -104,6 +105,10 @@ def _close(trk, parent: str, summary: dict, status: str, log, add_storage) -> No
         pass
 
 
+# The UI form's recipe drop-down: built-in recipes and the files under POSTTRAIN_RECIPES_DIR.
+RecipeName = recipe_name_type(recipe_choices())
+
+
 def resolve_recipe(recipe: str, config: Recipe | None, overrides: list[str] | None) -> Recipe:
     """The run's recipe: ``config`` (a form filled in the Prefect UI) wins over the ``recipe`` name;
     ``overrides`` apply to either, with the same validation as ``--set``."""
@@ -114,22 +119,24 @@ def resolve_recipe(recipe: str, config: Recipe | None, overrides: list[str] | No
         apply_override(raw, o)
     try:
         return Recipe.model_validate(raw)
-    except ValidationError as e:
-        raise RecipeError(format_validation_error(e)) from None
+    except ValidationError as e:  # one line in the Prefect UI's state message
+        raise RecipeError("; ".join(x.strip() for x in format_validation_error(e).splitlines())) from None
 
 
 @flow(name="post-training", log_prints=True)
-def post_training(recipe: str = "smoke", overrides: list[str] | None = None,
-                  stages: list[str] | None = None, config: Recipe | None = None) -> dict:
+def post_training(recipe: RecipeName = "smoke", overrides: list[Override] | None = None,
+                  stages: list[StageName] | None = None, config: Recipe | None = None) -> dict:
     """Base model + prompts -> curated data, difficulty, GRPO, compression, gated deployment.
 
     Args:
-        recipe: built-in recipe name (smoke, default) or a YAML path on the worker; ignored when
-            config is given.
-        overrides: recipe field overrides as key=value, e.g. rl_train.steps=20 (values parsed as YAML).
-        stages: run up to the last of these stages (curate, estimate_difficulty, rl_train, compress,
-            evaluate, deploy); upstream stages run too, usually as cache hits. Empty: all stages.
-        config: a whole recipe as a form; when given it replaces the named recipe.
+        recipe: built-in recipe name or a YAML file under the recipes folder (a path on the
+            worker from the CLI); ignored when config is given.
+        overrides: recipe field overrides as key=value, e.g. rl_train.steps=20 (values parsed as
+            YAML); they apply to config too.
+        stages: run up to the last of these stages; upstream stages run too, usually as cache
+            hits. Empty: all stages.
+        config: a whole recipe as a form, pre-filled from the deployment's recipe; when given it
+            replaces the named recipe (choose None to run the recipe by name).
     """
     t_start, wall_start = time.perf_counter(), time.time()
     rec = resolve_recipe(recipe, config, overrides)

@@ -18,6 +18,7 @@ from pathlib import Path  # noqa: E402
 from prefect import flow, get_run_logger  # noqa: E402
 
 from components.recipe import load_recipe  # noqa: E402
+from components.run_params import Override, StageName, recipe_choices, recipe_name_type  # noqa: E402
 from flows.post_training import post_training  # noqa: E402
 from tasks.common import store, tracker  # noqa: E402
 
@@ -50,14 +51,17 @@ def champion_model_dir(registered_model_name: str) -> Path | None:
     return folder if (folder / "config.json").exists() else None
 
 
+RecipeName = recipe_name_type(recipe_choices())
+
+
 @flow(name="recurring-retrain", log_prints=True)
-def recurring_retrain(recipe: str = "default", overrides: list[str] | None = None,
-                      stages: list[str] | None = None, from_champion: bool = True,
+def recurring_retrain(recipe: RecipeName = "default", overrides: list[Override] | None = None,
+                      stages: list[StageName] | None = None, from_champion: bool = True,
                       refresh_data: bool = True) -> dict:
     """Retrain from the current champion on the latest data (runs on a cron schedule).
 
     Args:
-        recipe: built-in recipe name or a YAML path on the worker.
+        recipe: built-in recipe name or a YAML file under the recipes folder.
         overrides: recipe field overrides as key=value.
         stages: run up to the last of these stages; empty: the whole pipeline.
         from_champion: start from the registry's champion when there is one, else from the recipe's model.

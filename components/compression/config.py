@@ -21,10 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 class PruneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["magnitude", "wanda"] = "wanda"
-    sparsity: float = Field(0.5, ge=0.0, lt=1.0)
-    pattern: Literal["unstructured", "2:4"] = "unstructured"
-    allocation: Literal["uniform", "sensitivity"] = "uniform"
+    method: Literal["magnitude", "wanda"] = Field("wanda", description="magnitude or wanda (|w| x activation norm)")
+    sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="share of weights set to zero")
+    pattern: Literal["unstructured", "2:4"] = Field(
+        "unstructured", description="unstructured or 2:4 (two of every four)")
+    allocation: Literal["uniform", "sensitivity"] = Field(
+        "uniform", description="uniform, or per-layer sparsity by sensitivity")
 
     @model_validator(mode="after")
     def _pattern_rules(self) -> "PruneConfig":
@@ -38,9 +40,9 @@ class PruneConfig(BaseModel):
 class QuantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["rtn", "gptq"] = "gptq"
-    bits: Literal[4, 8] = 4
-    symmetric: bool = True
+    method: Literal["rtn", "gptq"] = Field("gptq", description="rtn (round to nearest) or gptq")
+    bits: Literal[4, 8] = Field(4, description="weight bits")
+    symmetric: bool = Field(True, description="symmetric (no zero point) quantization")
     group_size: int | Literal["auto", "channel"] = Field(
         "auto", description="auto: largest of 128/64/32 dividing every input width; channel: one scale per output row"
     )
@@ -52,9 +54,9 @@ class QuantConfig(BaseModel):
         None, ge=0.0, le=1.0,
         description="SmoothQuant alpha (e.g. 0.5): move activation outliers into the weights first; W8A8 only",
     )  # fmt: skip
-    act_order: bool = False
-    damp: float = Field(0.01, gt=0.0)
-    block_size: int = Field(128, ge=1)
+    act_order: bool = Field(False, description="GPTQ: quantize columns by decreasing Hessian diagonal")
+    damp: float = Field(0.01, gt=0.0, description="GPTQ: Hessian dampening (share of the mean diagonal)")
+    block_size: int = Field(128, ge=1, description="GPTQ: columns per block update")
 
     @field_validator("group_size")
     @classmethod
@@ -84,9 +86,11 @@ class QuantConfig(BaseModel):
 class MixedPrecisionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    budget_points: float = Field(1.0, ge=0.0)
-    bit_choices: list[Literal[4, 8]] = Field(default_factory=lambda: [4, 8])
-    sensitivity: Literal["loss", "hessian_trace"] = "hessian_trace"
+    budget_points: float = Field(1.0, ge=0.0, description="accuracy points the mixed-precision choice may lose")
+    bit_choices: list[Literal[4, 8]] = Field(
+        default_factory=lambda: [4, 8], description="bit widths per layer to choose from")
+    sensitivity: Literal["loss", "hessian_trace"] = Field(
+        "hessian_trace", description="how layer sensitivity is measured")
 
     @field_validator("bit_choices")
     @classmethod
@@ -99,12 +103,14 @@ class MixedPrecisionConfig(BaseModel):
 class VariantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    prune: PruneConfig | None = None
-    quant: QuantConfig | None = None
-    mixed_precision: MixedPrecisionConfig | None = None
+    name: str = Field(description="variant name (MLflow runs, candidates)")
+    prune: PruneConfig | None = Field(None, description="pruning step; null: none")
+    quant: QuantConfig | None = Field(None, description="quantization step; null: none")
+    mixed_precision: MixedPrecisionConfig | None = Field(
+        None, description="per-layer bit widths within an accuracy budget; null: off")
     # LM head and embeddings stay dense and full precision (tied in SmolLM2; tiny share of FLOPs)
-    exclude: list[str] = Field(default_factory=lambda: ["lm_head", "embed_tokens"])
+    exclude: list[str] = Field(
+        default_factory=lambda: ["lm_head", "embed_tokens"], description="module names left uncompressed")
 
     @model_validator(mode="after")
     def _needs_something(self) -> "VariantConfig":

@@ -38,29 +38,31 @@ class FieldMap(_Strict):
     column that overrides the source's reward name per row.
     """
 
-    prompt: str = "prompt"
-    answer: str = "answer"
-    system: str | None = None
-    meta: str | list[str] | None = None
-    task: str | None = None
+    prompt: str = Field("prompt", description="record field (dotted path) holding the prompt")
+    answer: str = Field("answer", description="record field holding the reference answer")
+    system: str | None = Field(None, description="record field holding a system message; null: none")
+    meta: str | list[str] | None = Field(None, description="field (object) or list of fields kept as row metadata")
+    task: str | None = Field(None, description="field naming the reward per row (overrides the source's task)")
 
 
 class _SourceBase(_Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, description="source name (row ids, manifests, per-source counts)")
     weight: float = Field(default=1.0, gt=0, description="mixing weight, used when total_rows is set")
     max_rows: int | None = Field(default=None, ge=0, description="cap on this source's rows after filtering")
 
 
 class ArithmeticSource(_SourceBase):
-    type: Literal["arithmetic"] = "arithmetic"
-    n: int = Field(ge=1)
-    digits: IntRange = 2
-    operators: list[Literal["+", "-", "*", "/"]] = Field(default_factory=lambda: ["+", "-"], min_length=1)
-    num_ops: IntRange = 1
-    seed: int = 0
-    allow_negative: bool = True
-    template: str = "What is {expr}? Give only the final number."
-    task: str = "numeric"
+    type: Literal["arithmetic"] = Field("arithmetic", description="source kind")
+    n: int = Field(ge=1, description="prompts to generate")
+    digits: IntRange = Field(2, description="digits per operand (a number or [min, max])")
+    operators: list[Literal["+", "-", "*", "/"]] = Field(
+        default_factory=lambda: ["+", "-"], min_length=1, description="operators to draw from")
+    num_ops: IntRange = Field(1, description="operators per expression (a number or [min, max])")
+    seed: int = Field(0, description="generator seed")
+    allow_negative: bool = Field(True, description="allow negative intermediate and final results")
+    template: str = Field(
+        "What is {expr}? Give only the final number.", description="prompt text; {expr} is the expression")
+    task: str = Field("numeric", description="reward function name (numeric: compare the final number)")
 
     @field_validator("digits")
     @classmethod
@@ -84,17 +86,17 @@ class ArithmeticSource(_SourceBase):
 
 
 class CountdownSource(_SourceBase):
-    type: Literal["countdown"] = "countdown"
-    n: int = Field(ge=1)
-    num_numbers: int = Field(default=4, ge=2, le=8)
-    max_number: int = Field(default=100, ge=2)
-    target_range: tuple[int, int] = (10, 100)
-    seed: int = 0
-    template: str = (
+    type: Literal["countdown"] = Field("countdown", description="source kind")
+    n: int = Field(ge=1, description="puzzles to generate")
+    num_numbers: int = Field(default=4, ge=2, le=8, description="numbers given per puzzle")
+    max_number: int = Field(default=100, ge=2, description="largest number given")
+    target_range: tuple[int, int] = Field((10, 100), description="[min, max] of the target")
+    seed: int = Field(0, description="generator seed")
+    template: str = Field((
         "Using the numbers {numbers}, create an equation that equals {target}. "
         "You may use +, -, * and /, and each number exactly once. Give only the equation."
-    )
-    task: str = "countdown"
+    ), description="prompt text; {numbers} and {target} are filled in")
+    task: str = Field("countdown", description="reward function name (countdown: check the equation)")
 
     @field_validator("target_range")
     @classmethod
@@ -113,40 +115,40 @@ class CountdownSource(_SourceBase):
 
 class _FileSource(_SourceBase):
     path: str = Field(min_length=1, description="local path or fsspec URL such as s3://bucket/key")
-    fields: FieldMap = Field(default_factory=FieldMap)
-    task: str = "numeric"
+    fields: FieldMap = Field(default_factory=FieldMap, description="which record fields hold prompt, answer, ...")
+    task: str = Field("numeric", description="reward function name for every row")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")
 
 
 class JsonlSource(_FileSource):
-    type: Literal["jsonl"] = "jsonl"
+    type: Literal["jsonl"] = Field("jsonl", description="source kind")
 
 
 class ParquetSource(_FileSource):
-    type: Literal["parquet"] = "parquet"
+    type: Literal["parquet"] = Field("parquet", description="source kind")
 
 
 class CsvSource(_FileSource):
-    type: Literal["csv"] = "csv"
-    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    type: Literal["csv"] = Field("csv", description="source kind")
+    delimiter: str = Field(default=",", min_length=1, max_length=1, description="column separator")
 
 
 class HfDiskSource(_SourceBase):
-    type: Literal["hf_disk"] = "hf_disk"
+    type: Literal["hf_disk"] = Field("hf_disk", description="source kind")
     path: str = Field(min_length=1, description="folder written by datasets' save_to_disk")
-    split: str = "train"
-    fields: FieldMap = Field(default_factory=FieldMap)
-    task: str = "numeric"
+    split: str = Field("train", description="dataset split to read")
+    fields: FieldMap = Field(default_factory=FieldMap, description="which record fields hold prompt, answer, ...")
+    task: str = Field("numeric", description="reward function name for every row")
 
 
 class HfHubSource(_SourceBase):
-    type: Literal["hf_hub"] = "hf_hub"
+    type: Literal["hf_hub"] = Field("hf_hub", description="source kind")
     dataset: str = Field(min_length=1, description="hub dataset id, e.g. openai/gsm8k")
-    config_name: str | None = None
-    split: str = "train"
-    revision: str | None = None
-    fields: FieldMap = Field(default_factory=FieldMap)
-    task: str = "numeric"
+    config_name: str | None = Field(None, description="dataset configuration name; null: the default")
+    split: str = Field("train", description="dataset split to read")
+    revision: str | None = Field(None, description="git revision of the dataset; null: main")
+    fields: FieldMap = Field(default_factory=FieldMap, description="which record fields hold prompt, answer, ...")
+    task: str = Field("numeric", description="reward function name for every row")
 
 
 SourceConfig = Annotated[
@@ -166,12 +168,12 @@ class DedupConfig(_Strict):
     threshold"): one-word paraphrases of short word problems have 5-shingle Jaccard 0.77-0.85.
     """
 
-    exact: bool = True
-    near: bool = True
+    exact: bool = Field(True, description="drop exact duplicates (normalised prompt)")
+    near: bool = Field(True, description="drop near duplicates (MinHash LSH)")
     threshold: float = Field(default=0.7, gt=0.0, le=1.0, description="exact shingle Jaccard at which "
                              "two prompts are one (0.7: see the sweep in tests/bench/bench_dedup_threshold.py)")
-    shingle: int = Field(default=5, ge=1)
-    num_perm: int = Field(default=128, ge=16, le=1024)
+    shingle: int = Field(default=5, ge=1, description="characters per shingle")
+    num_perm: int = Field(default=128, ge=16, le=1024, description="MinHash permutations (more: more exact, slower)")
     max_chars: int = Field(default=4096, ge=16, description="near-dedup reads at most this many "
                            "characters of a prompt (memory bounded by rows, not by the longest row)")
 
@@ -187,18 +189,20 @@ class DecontamConfig(_Strict):
     prompt per line), local or fsspec URLs.
     """
 
-    ngram: int = Field(default=13, ge=1)
+    ngram: int = Field(default=13, ge=1, description="words per n-gram compared with the eval prompts")
     template_df: int = Field(
         default=3, ge=0,
         description="n-grams shared by at least this many distinct prompts are template text, not evidence (0: off)",
     )
-    eval_files: list[str] = Field(default_factory=list)
+    eval_files: list[str] = Field(
+        default_factory=list, description="extra eval sets to decontaminate against (.jsonl/.json/.parquet/.csv/.txt, local or URL)")
 
 
 class FilterConfig(_Strict):
-    min_prompt_tokens: int = Field(default=1, ge=0)
-    max_prompt_tokens: int = Field(default=512, ge=1)
-    charset: Literal["any", "ascii", "latin"] = "any"
+    min_prompt_tokens: int = Field(default=1, ge=0, description="drop prompts shorter than this (tokens)")
+    max_prompt_tokens: int = Field(default=512, ge=1, description="drop prompts longer than this (tokens)")
+    charset: Literal["any", "ascii", "latin"] = Field(
+        "any", description="drop prompts with characters outside this set")
 
     @model_validator(mode="after")
     def _bounds(self) -> "FilterConfig":
@@ -208,16 +212,18 @@ class FilterConfig(_Strict):
 
 
 class CurateConfig(_Strict):
-    sources: list[SourceConfig] = Field(min_length=1)
-    eval_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
-    eval_max_rows: int | None = Field(default=None, ge=0)
-    seed: int = 0
-    total_rows: int | None = Field(default=None, ge=1)
+    sources: list[SourceConfig] = Field(min_length=1, description="where prompts come from (at least one)")
+    eval_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, description="share of rows held out for evaluation")
+    eval_max_rows: int | None = Field(default=None, ge=0, description="cap on held-out rows; null: no cap")
+    seed: int = Field(0, description="split and mixing seed")
+    total_rows: int | None = Field(
+        default=None, ge=1, description="mix the sources by weight to this many training rows; null: keep all")
     shard_rows: int = Field(default=100_000, ge=1, description="max rows per parquet shard")
-    dedup: DedupConfig = Field(default_factory=DedupConfig)
-    decontam: DecontamConfig = Field(default_factory=DecontamConfig)
-    filters: FilterConfig = Field(default_factory=FilterConfig)
-    refresh: bool = False
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="duplicate removal")
+    decontam: DecontamConfig = Field(
+        default_factory=DecontamConfig, description="removal of training prompts that overlap eval prompts")
+    filters: FilterConfig = Field(default_factory=FilterConfig, description="length and character filters")
+    refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "CurateConfig":

@@ -25,10 +25,10 @@ class BucketConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    unsolved_max: float = Field(0.02, ge=0.0, le=1.0)
-    learnable_min: float = Field(0.2, ge=0.0, le=1.0)
-    easy_min: float = Field(0.7, ge=0.0, le=1.0)
-    solved_min: float = Field(0.95, ge=0.0, le=1.0)
+    unsolved_max: float = Field(0.02, ge=0.0, le=1.0, description="pass rate at or below which a prompt is unsolved")
+    learnable_min: float = Field(0.2, ge=0.0, le=1.0, description="pass rate from which a prompt is learnable")
+    easy_min: float = Field(0.7, ge=0.0, le=1.0, description="pass rate from which a prompt is easy")
+    solved_min: float = Field(0.95, ge=0.0, le=1.0, description="pass rate from which a prompt is solved")
 
     @model_validator(mode="after")
     def _ordered(self) -> "BucketConfig":

@@ -39,17 +39,18 @@ class EstimateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prior: BetaPrior = Field(default_factory=BetaPrior)
-    level: float = Field(0.9, gt=0.0, lt=1.0)
-    buckets: BucketConfig = Field(default_factory=BucketConfig)
-    sequential: bool = True
-    samples_per_round: int = Field(4, ge=1)
-    min_samples: int = Field(4, ge=1)
-    max_samples: int = Field(16, ge=1)
-    temperature: float = Field(1.0, ge=0.0)
-    max_new_tokens: int = Field(64, ge=1)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int = 0
+    prior: BetaPrior = Field(default_factory=BetaPrior, description="Beta prior of every prompt's pass rate")
+    level: float = Field(0.9, gt=0.0, lt=1.0, description="credible-interval level used to stop sampling a prompt")
+    buckets: BucketConfig = Field(
+        default_factory=BucketConfig, description="pass-rate thresholds of the difficulty buckets")
+    sequential: bool = Field(True, description="stop sampling a prompt once its bucket is certain")
+    samples_per_round: int = Field(4, ge=1, description="samples per prompt per round")
+    min_samples: int = Field(4, ge=1, description="samples per prompt before stopping is allowed")
+    max_samples: int = Field(16, ge=1, description="most samples per prompt")
+    temperature: float = Field(1.0, ge=0.0, description="sampling temperature")
+    max_new_tokens: int = Field(64, ge=1, description="generation length limit")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling")
+    seed: int = Field(0, description="sampling seed")
 
     @model_validator(mode="after")
     def _sample_bounds(self) -> "EstimateConfig":

@@ -19,8 +19,8 @@ class BetaPrior(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    alpha: float = Field(1.0, gt=0.0)
-    beta: float = Field(1.0, gt=0.0)
+    alpha: float = Field(1.0, gt=0.0, description="prior successes (Beta alpha)")
+    beta: float = Field(1.0, gt=0.0, description="prior failures (Beta beta)")
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,11 @@ class SelectionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    drop_solved: bool = True
-    keep_unsolved_fraction: float = Field(0.1, ge=0.0, le=1.0)
-    order: Literal["none", "easy_to_hard", "weighted"] = "weighted"
-    seed: int = 0
+    drop_solved: bool = Field(True, description="leave out prompts the base model already solves")
+    keep_unsolved_fraction: float = Field(0.1, ge=0.0, le=1.0, description="share of unsolved prompts kept")
+    order: Literal["none", "easy_to_hard", "weighted"] = Field(
+        "weighted", description="none, easy_to_hard (curriculum) or weighted (sample by learnability)")
+    seed: int = Field(0, description="selection seed")
 
 
 @dataclass(frozen=True)

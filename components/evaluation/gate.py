@@ -23,13 +23,13 @@ class GateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    metric: Metric = "greedy_pass1"
+    metric: Metric = Field("greedy_pass1", description="metric the gate compares")
     tolerance: float = Field(
         0.0, ge=0.0, description="percentage points: pass when candidate >= reference - tolerance"
     )
     max_negative_flips: int | None = Field(None, ge=0, description="max prompts the reference got right and the candidate wrong")
-    max_size_bytes: int | None = Field(None, ge=1)
-    require_determinism: bool = True
+    max_size_bytes: int | None = Field(None, ge=1, description="refuse candidates larger than this; null: no limit")
+    require_determinism: bool = Field(True, description="refuse candidates whose two greedy passes differ")
     min_improvement_over_base: float | None = Field(
         None, description="percentage points the candidate must gain over the base model"
     )

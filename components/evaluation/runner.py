@@ -49,11 +49,11 @@ class EvalConfig(BaseModel):
         None, ge=1, description="samples per prompt for the sampled pass; None means k (n >= k)"
     )
     temperature: float = Field(1.0, ge=0.0, description="temperature of the sampled pass")
-    max_new_tokens: int = Field(32, ge=1)
+    max_new_tokens: int = Field(32, ge=1, description="generation length limit")
     greedy: bool = Field(True, description="run the greedy pass (greedy pass@1, flips, latency)")
     determinism_check: bool = Field(True, description="run the greedy pass twice and compare texts")
     max_rows: int | None = Field(None, ge=1, description="evaluate only the first rows")
-    seed: int = 0
+    seed: int = Field(0, description="sampling seed")
     refresh: bool = Field(False, description="recompute even when a cached result exists")
 
     @model_validator(mode="after")

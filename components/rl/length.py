@@ -26,9 +26,9 @@ class LengthScheduleConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["constant", "linear", "cyclic"] = "constant"
-    start: int = Field(32, ge=1)
-    end: int = Field(32, ge=1)
+    kind: Literal["constant", "linear", "cyclic"] = Field("constant", description="constant, linear or cyclic")
+    start: int = Field(32, ge=1, description="max new tokens at step 0")
+    end: int = Field(32, ge=1, description="max new tokens at the end of the ramp / cycle")
     period: int = Field(1, ge=1, description="ramp steps (linear) or cycle length (cyclic)")
 
     @model_validator(mode="after")

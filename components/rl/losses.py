@@ -28,14 +28,16 @@ class LossConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    variant: Literal["grpo", "dapo", "drgrpo", "gspo"] = "grpo"
+    variant: Literal["grpo", "dapo", "drgrpo", "gspo"] = Field(
+        "grpo", description="policy loss: grpo, dapo (token-level, clip-higher), drgrpo, gspo (sequence ratio)")
     clip_low: float = Field(0.2, ge=0, lt=1, description="ratio floor is 1 - clip_low")
     clip_high: float = Field(0.2, ge=0, description="ratio ceiling is 1 + clip_high (DAPO: 0.28)")
     gspo_clip_low: float = Field(3e-4, ge=0, lt=1, description="sequence-ratio clip for gspo")
-    gspo_clip_high: float = Field(4e-4, ge=0)
-    kl_coef: float = Field(0.0, ge=0)
-    kl_estimator: Literal["k1", "k3"] = "k3"
-    entropy_coef: float = Field(0.0, ge=0)
+    gspo_clip_high: float = Field(4e-4, ge=0, description="sequence-ratio ceiling for gspo")
+    kl_coef: float = Field(0.0, ge=0, description="weight of the KL penalty to the reference policy (0: off)")
+    kl_estimator: Literal["k1", "k3"] = Field(
+        "k3", description="KL estimator: k1 (log ratio) or k3 (unbiased, non-negative)")
+    entropy_coef: float = Field(0.0, ge=0, description="weight of the entropy bonus (0: off)")
     tis_cap: float | None = Field(
         2.0, gt=0, description="cap on exp(old_logp - behaviour_logp); None disables TIS"
     )

@@ -28,7 +28,7 @@ class PartialRolloutConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="carry unfinished samples over to the next step (APRIL)")
     over_provision: float = Field(1.5, ge=1.0, description="request this many times the target groups")
     chunk_tokens: int = Field(32, ge=1, description="new tokens per generation chunk (early-stop granularity)")
     max_buffer: int = Field(256, ge=0, description="most samples (finished or not) kept across steps")

@@ -96,7 +96,7 @@ class VLLMOptions(BaseModel):
     dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (auto picks bfloat16 on CPU)")
     enforce_eager: bool = Field(True, description="no CUDA graphs / torch.compile: faster start")
     inproc_worker: bool = Field(False, description="model worker inside the engine-core process (tiny models)")
-    startup_timeout_s: float = Field(300.0, gt=0.0)
+    startup_timeout_s: float = Field(300.0, gt=0.0, description="seconds to wait for the server to answer")
     extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` flags")
 
     def server_config(self, **fields: object) -> VLLMServerConfig:
