@@ -148,6 +148,16 @@ class Tracker:
     def metric_history(self, run_id: str, key: str) -> list[float]:
         return [m.value for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
+    def copy_metric(self, src_run: str, key: str, dst_run: str, new_key: str) -> int:
+        """Log ``key``'s whole history (step by step) of one run into another under ``new_key``."""
+        from mlflow.entities import Metric
+
+        hist = self.client.get_metric_history(src_run, key)
+        batch = [Metric(new_key, m.value, m.timestamp, m.step) for m in hist]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(dst_run, metrics=batch[i : i + 500])
+        return len(batch)
+
     # registry -----------------------------------------------------------
     def register_model(self, name: str, source_uri: str, run_id: str, tags: dict[str, Any]) -> str:
         from mlflow.exceptions import MlflowException

@@ -14,7 +14,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
-from prefect import flow, get_run_logger  # noqa: E402
+from prefect import flow  # noqa: E402
 from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
@@ -22,7 +22,7 @@ from pydantic import ValidationError  # noqa: E402
 from components.recipe import (STAGES, Recipe, RecipeError, apply_override,  # noqa: E402
                                format_validation_error, load_recipe, stage_config)
 from components.stages.context import StageResult  # noqa: E402
-from components.summary import build_summary, markdown_summary  # noqa: E402
+from components.summary import build_summary, headline_metrics, markdown_summary  # noqa: E402
 from flows.rl_train import rl_train_flow  # noqa: E402
 from tasks import compress as compress_t  # noqa: E402
 from tasks import curate as curate_t  # noqa: E402
@@ -30,7 +30,7 @@ from tasks import deploy as deploy_t  # noqa: E402
 from tasks import difficulty as difficulty_t  # noqa: E402
 from tasks import evaluate as evaluate_t  # noqa: E402
 from tasks import prepare_model as model_t  # noqa: E402
-from tasks.common import run_stage, store, tracker  # noqa: E402
+from tasks.common import announce_run, reporting, run_stage, store, tracker  # noqa: E402
 
 
 def _wanted(stages: list[str] | None) -> int:
@@ -92,7 +92,6 @@ def post_training(recipe: str = "smoke", overrides: list[str] | None = None,
     t_start = time.perf_counter()
     rec = resolve_recipe(recipe, config, overrides)
     last = _wanted(stages)
-    log = get_run_logger()
     trk = tracker()
     fr_id = str(flow_run.get_id() or "local")
     parent = trk.start_run(f"{rec.name}-{flow_run.get_name() or 'run'}", tags={
@@ -103,13 +102,13 @@ def post_training(recipe: str = "smoke", overrides: list[str] | None = None,
                              description="MLflow parent run of this flow run")
     except Exception:
         pass
+    announce_run(rec.name, trk.run_url(parent))
     results: dict[str, StageResult] = {}
     cached: dict[str, bool] = {}
 
     def stage(name: str, task_fn, key: str, refresh: bool, **kw) -> StageResult:
         res, hit = run_stage(task_fn, stage=name, key=key, parent_run_id=parent, refresh=refresh, **kw)
         results[name], cached[name] = res, hit
-        log.info("%s: %s in %.1fs", name, "cache hit" if hit else "computed", res.seconds)
         return res
 
     status = "FAILED"
@@ -128,11 +127,13 @@ def post_training(recipe: str = "smoke", overrides: list[str] | None = None,
                       model=model, dataset=dataset)
             difficulty = e.outputs["difficulty"]
         if last >= 2:
-            r = rl_train_flow(cfg=stage_config(rec, "rl_train"),
-                              selection=rec.estimate_difficulty.selection.model_dump(mode="json"),
-                              model=model, dataset=dataset, difficulty=difficulty, parent_run_id=parent,
-                              refresh=rec.rl_train.refresh)
-            results["rl_train"], cached["rl_train"] = r, bool(r.info.get("cached"))
+            with reporting("rl_train") as (rep, _owner):  # the subflow reports into this one
+                r = rl_train_flow(cfg=stage_config(rec, "rl_train"),
+                                  selection=rec.estimate_difficulty.selection.model_dump(mode="json"),
+                                  model=model, dataset=dataset, difficulty=difficulty, parent_run_id=parent,
+                                  refresh=rec.rl_train.refresh)
+                results["rl_train"], cached["rl_train"] = r, bool(r.info.get("cached"))
+                rep.end(cached["rl_train"], r.metrics, r.info)
             checkpoint = r.outputs["checkpoint"]
             candidates = {"base": model, "rl": checkpoint}
             if last >= 3:
@@ -168,8 +169,9 @@ def post_training(recipe: str = "smoke", overrides: list[str] | None = None,
         status = "FINISHED"
     finally:
         summary = build_summary(fr_id, parent, results, cached, time.perf_counter() - t_start)
-        trk.log_metrics(parent, {"flow_seconds": summary["seconds"],
+        trk.log_metrics(parent, {"flow_seconds": summary["seconds"], **headline_metrics(results),
                                  **{f"{k}.seconds": v["seconds"] for k, v in summary["stages"].items()}})
+        _reward_curve_to_parent(trk, parent, results.get("rl_train"))
         trk.log_text(parent, json.dumps(summary, indent=2, default=str), "summary.json")
         trk.end_run(parent, status)
         try:
@@ -178,6 +180,12 @@ def post_training(recipe: str = "smoke", overrides: list[str] | None = None,
         except Exception:
             pass
     return summary
+
+
+def _reward_curve_to_parent(trk, parent: str, rl: StageResult | None) -> None:
+    """The parent run's first chart: the RL reward per step (copied from the rl_train run)."""
+    if rl is not None and rl.info.get("mlflow_run_id"):
+        trk.copy_metric(rl.info["mlflow_run_id"], "reward_mean", parent, "reward/mean")
 
 
 def main(argv: list[str] | None = None) -> None:
