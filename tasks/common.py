@@ -166,7 +166,7 @@ def announce_run(recipe: str, mlflow_url: str) -> None:
     except Exception:
         ui = None
     terminal().line(f"posttrain run: recipe {recipe}")
-    if ui:
+    if ui and str(ui).startswith("http"):  # an ephemeral server has no UI
         terminal().line(f"  Prefect flow run  {ui}")
     terminal().line(f"  MLflow run        {mlflow_url}")
     _log().info("recipe %s; MLflow run %s", recipe, mlflow_url)
