@@ -89,7 +89,7 @@ def pareto_figure(reports: list[CandidateReport], chosen: str | None = None,
             ax.scatter(*zip(*xs, strict=True), s=size, color=color, marker=marker, zorder=z, label=label,
                        edgecolors="black", linewidths=0.8)
     front_pts = sorted((x, y) for n, x, y, _ in pts if n in on_front)
-    if front_pts:
+    if len(front_pts) > 1:  # one point draws no line: no legend entry for it either
         ax.step(*zip(*front_pts, strict=True), where="post", color="tab:red", alpha=0.5, label="Pareto frontier")
     if pts:
         xs = [x for _, x, _, _ in pts]
