@@ -99,6 +99,7 @@ class StageReport:
         self.span = (0.0, 1.0)
         self.artifact_id = None
         self._last = 0.0
+        self._pct = 0.0
         self._t0 = time.perf_counter()
 
     def begin(self) -> "StageReport":
@@ -129,12 +130,16 @@ class StageReport:
         terminal().end(self.label, cached, seconds, figs, failed=failed)
         text = format_figures(figs)
         _log().info("%s: %s in %.1fs%s", self.label, how, seconds, f"; {text}" if text else "")
-        self._artifact(100.0, f"{self.label}: {how}, {seconds:.1f}s" + (f"; {text}" if text else ""),
-                       final=not failed)
+        # 100 % only when the stage has really ended; a failed stage keeps its last value.
+        self._artifact(self._pct if failed else 100.0,
+                       f"{self.label}: {how}, {seconds:.1f}s" + (f"; {text}" if text else ""), final=True)
 
     def _artifact(self, pct: float, description: str, final: bool = False) -> None:
-        if self.artifact_id is None or (pct >= 100.0 and not final):
+        if self.artifact_id is None:
             return
+        if not final:
+            pct = min(pct, 99.0)  # a part that reports 1.0 has not ended the stage
+        self._pct = pct
         try:
             update_progress_artifact(self.artifact_id, progress=pct, description=description)
         except Exception:
