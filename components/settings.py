@@ -147,7 +147,17 @@ def configure_process_env(settings: Settings | None = None) -> Settings:
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(home / "results"))
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's own machinery stays at WARNING; flow and task run loggers (stage start/end, cache
+    # hit/miss, key figures) log at INFO to the API, so the Logs tab of a run shows them. The
+    # console handler stays at WARNING: the terminal gets components.progress's lines instead.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    # Libraries' own bars (transformers' weight loading, compressed-tensors' export) left ~20
+    # blank lines per run; components.progress draws the one bar a stage has.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     _use_prefect_server(s)
     # No hub at run time: fail fast with a clear error instead of hanging on retries.

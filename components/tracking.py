@@ -165,6 +165,45 @@ class Tracker:
     def metric_history(self, run_id: str, key: str) -> list[float]:
         return [m.value for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
+    def copy_metric(self, src_run: str, key: str, dst_run: str, new_key: str) -> int:
+        """Log ``key``'s whole history (step by step) of one run into another under ``new_key``."""
+        from mlflow.entities import Metric
+
+        hist = self.client.get_metric_history(src_run, key)
+        batch = [Metric(new_key, m.value, m.timestamp, m.step) for m in hist]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(dst_run, metrics=batch[i : i + 500])
+        return len(batch)
+
+    def log_model_card(self, run_id: str, name: str, version: str, example_prompt: str) -> str:
+        """An MLflow logged model for a registered version: its signature (a chat prompt in, the
+        completion out) and an input example, an output of ``run_id``, linked both ways with
+        the version (tag ``logged_model_id`` on the version, ``mlflow.modelVersions`` on the
+        model). The weights stay where the version's source points; only metadata is logged.
+        Returns the logged model id."""
+        import tempfile
+
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+        from mlflow.models import Model, ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        sig = ModelSignature(inputs=Schema([ColSpec("string", "prompt")]),
+                             outputs=Schema([ColSpec("string", "completion")]))
+        lm = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id,
+                                             model_type="transformers",
+                                             tags={"mlflow.modelVersions": json.dumps([{"name": name, "version": version}])})
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "input_example.json").write_text(json.dumps({"columns": ["prompt"], "data": [[example_prompt]]}))
+            card = Model(signature=sig, model_id=lm.model_id, run_id=run_id)
+            card.saved_input_example_info = {"artifact_path": "input_example.json", "type": "dataframe",
+                                             "pandas_orient": "split"}
+            card.save(str(Path(d) / "MLmodel"))
+            self.client.log_model_artifacts(lm.model_id, d)
+        self.client.finalize_logged_model(lm.model_id, LoggedModelStatus.READY)
+        self.client.log_outputs(run_id, [LoggedModelOutput(lm.model_id, 0)])
+        self.client.set_model_version_tag(name, version, "logged_model_id", lm.model_id)
+        return lm.model_id
+
     # registry -----------------------------------------------------------
     def register_model(self, name: str, source_uri: str, run_id: str, tags: dict[str, Any],
                        identity: tuple[str, ...] = ()) -> str:

@@ -26,7 +26,7 @@ from components.recipe import (STAGES, Recipe, RecipeError, apply_override,  # n
 from components.run_params import Override, StageName, recipe_choices, recipe_name_type  # noqa: E402
 from components.stages.context import StageResult  # noqa: E402
 from components.gc import storage_summary  # noqa: E402
-from components.summary import build_summary, markdown_summary  # noqa: E402
+from components.summary import build_summary, headline_metrics, markdown_summary  # noqa: E402
 from flows.rl_train import rl_train_flow  # noqa: E402
 from tasks import compress as compress_t  # noqa: E402
 from tasks import curate as curate_t  # noqa: E402
@@ -34,7 +34,7 @@ from tasks import deploy as deploy_t  # noqa: E402
 from tasks import difficulty as difficulty_t  # noqa: E402
 from tasks import evaluate as evaluate_t  # noqa: E402
 from tasks import prepare_model as model_t  # noqa: E402
-from tasks.common import run_stage, store, tracker  # noqa: E402
+from tasks.common import announce_run, reporting, run_stage, store, tracker  # noqa: E402
 from tasks.reconcile import reconcile  # noqa: E402
 
 
@@ -84,13 +84,14 @@ def _storage(summary: dict, results: dict, since: float) -> None:
         summary.update(storage_summary(Path(s.artifact_uri.removeprefix("file://")), results, since))
 
 
-def _close(trk, parent: str, summary: dict, status: str, log, add_storage) -> None:
+def _close(trk, parent: str, summary: dict, status: str, log, add_storage, results: dict) -> None:
     """End the parent run. Runs in the flow's ``finally``: an error here is logged, never raised,
     so the error that stopped the run is the one the user sees."""
     try:
         add_storage()
-        trk.log_metrics(parent, {"flow_seconds": summary["seconds"],
+        trk.log_metrics(parent, {"flow_seconds": summary["seconds"], **headline_metrics(results),
                                  **{f"{k}.seconds": v["seconds"] for k, v in summary["stages"].items()}})
+        _reward_curve_to_parent(trk, parent, results.get("rl_train"))
         trk.log_text(parent, json.dumps(summary, indent=2, default=str), "summary.json")
     except Exception as e:  # noqa: BLE001
         log.warning("could not log the run summary: %s: %s", type(e).__name__, e)
@@ -156,13 +157,13 @@ def post_training(recipe: RecipeName = "smoke", overrides: list[Override] | None
                              description="MLflow parent run of this flow run")
     except Exception:
         pass
+    announce_run(rec.name, trk.run_url(parent))
     results: dict[str, StageResult] = {}
     cached: dict[str, bool] = {}
 
     def stage(name: str, task_fn, key: str, refresh: bool, **kw) -> StageResult:
         res, hit = run_stage(task_fn, stage=name, key=key, parent_run_id=parent, refresh=refresh, **kw)
         results[name], cached[name] = res, hit
-        log.info("%s: %s in %.1fs", name, "cache hit" if hit else "computed", res.seconds)
         return res
 
     status = "FAILED"
@@ -181,11 +182,13 @@ def post_training(recipe: RecipeName = "smoke", overrides: list[Override] | None
                       model=model, dataset=dataset)
             difficulty = e.outputs["difficulty"]
         if last >= 2:
-            r = rl_train_flow(cfg=stage_config(rec, "rl_train"),
-                              selection=rec.estimate_difficulty.selection.model_dump(mode="json"),
-                              model=model, dataset=dataset, difficulty=difficulty, parent_run_id=parent,
-                              refresh=rec.rl_train.refresh)
-            results["rl_train"], cached["rl_train"] = r, bool(r.info.get("cached"))
+            with reporting("rl_train") as (rep, _owner):  # the subflow reports into this one
+                r = rl_train_flow(cfg=stage_config(rec, "rl_train"),
+                                  selection=rec.estimate_difficulty.selection.model_dump(mode="json"),
+                                  model=model, dataset=dataset, difficulty=difficulty, parent_run_id=parent,
+                                  refresh=rec.rl_train.refresh)
+                results["rl_train"], cached["rl_train"] = r, bool(r.info.get("cached"))
+                rep.end(cached["rl_train"], r.metrics, r.info)
             checkpoint = r.outputs["checkpoint"]
             candidates = {"base": model, "rl": checkpoint}
             if last >= 3:
@@ -221,12 +224,18 @@ def post_training(recipe: RecipeName = "smoke", overrides: list[Override] | None
         status = "FINISHED"
     finally:
         summary = build_summary(fr_id, parent, results, cached, time.perf_counter() - t_start)
-        _close(trk, parent, summary, status, log, lambda: _storage(summary, results, wall_start))
+        _close(trk, parent, summary, status, log, lambda: _storage(summary, results, wall_start), results)
         try:
             runowners.release(state_dir, flow_run=fr_id, mlflow_run=parent)
         except OSError as e:
             log.warning("could not remove this run's owner record: %s", e)
     return summary
+
+
+def _reward_curve_to_parent(trk, parent: str, rl: StageResult | None) -> None:
+    """The parent run's first chart: the RL reward per step (copied from the rl_train run)."""
+    if rl is not None and rl.info.get("mlflow_run_id"):
+        trk.copy_metric(rl.info["mlflow_run_id"], "reward_mean", parent, "reward/mean")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,7 @@ from prefect import flow
 from components.artifacts import ArtifactRef
 from components.stages.context import StageResult
 from components.stages.rl import segments
-from tasks.common import tracker, was_cached
+from tasks.common import reporting, tracker, was_cached
 from tasks.rl import replay_history, rl_segment_task, segment_key
 
 
@@ -31,25 +31,33 @@ def rl_train_flow(cfg: dict, selection: dict, model: ArtifactRef, dataset: Artif
     seconds = 0.0
     metrics: dict[str, float] = {}
     keys = []
-    try:
-        for start, end in segments(c):
-            key = segment_key(c, sel, start, end, model, dataset, difficulty, prev)
-            keys.append(key)
-            fn = rl_segment_task.with_options(refresh_cache=True) if refresh else rl_segment_task
-            state = fn(key=key, run_id=run_id, cfg=cfg, selection=selection, start=start, end=end, model=model,
-                       dataset=dataset, difficulty=difficulty, prev=prev, return_state=True)
-            res: StageResult = state.result()
-            prev = res.outputs["checkpoint"]
-            if was_cached(state):
-                n_cached += 1
-                replay_history(run_id, prev, start, end)
-            else:
-                all_cached = False
-                seconds += res.seconds
-            metrics = res.metrics
-    except BaseException:
-        trk.end_run(run_id, "FAILED")
-        raise
+    # One report for the whole stage (the parent flow usually opened it around this subflow):
+    # each segment's 0..1 progress is mapped onto its share of the steps.
+    with reporting("rl_train") as (rep, owner):
+        try:
+            for start, end in segments(c):
+                rep.span = (start / c.steps, end / c.steps)
+                key = segment_key(c, sel, start, end, model, dataset, difficulty, prev)
+                keys.append(key)
+                fn = rl_segment_task.with_options(task_run_name=f"rl_segment[{start}-{end}]")
+                fn = fn.with_options(refresh_cache=True) if refresh else fn
+                state = fn(key=key, run_id=run_id, cfg=cfg, selection=selection, start=start, end=end, model=model,
+                           dataset=dataset, difficulty=difficulty, prev=prev, return_state=True)
+                res: StageResult = state.result()
+                prev = res.outputs["checkpoint"]
+                if was_cached(state):
+                    n_cached += 1
+                    replay_history(run_id, prev, start, end)
+                    rep.update(f"segment {start}-{end} cached", 1.0)
+                else:
+                    all_cached = False
+                    seconds += res.seconds
+                metrics = res.metrics
+        except BaseException:
+            trk.end_run(run_id, "FAILED")
+            raise
+        if owner:
+            rep.end(all_cached, {**metrics, "segments": float(len(keys)), "segments_cached": float(n_cached)})
     if prev is None:
         raise ValueError("rl_train.steps is 0: nothing to train")
     trk.set_tags(run_id, {"cache_hit": str(all_cached).lower(), "segments": len(keys)})

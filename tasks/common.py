@@ -14,27 +14,46 @@ folder finds them.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
+import logging
 import os
 import re
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from prefect import Task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect import Task, get_run_logger
+from prefect.artifacts import ProgressArtifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.filesystems import RemoteFileSystem
+from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
 from prefect.states import State
 from prefect.transactions import IsolationLevel
 
 from components.artifacts import ArtifactRef, ArtifactStore
 from components.caching import stage_key
+from components.progress import format_figures, terminal
 from components.settings import export_s3_env, get_settings
 from components.stages.context import StageContext, StageResult
+from components.summary import key_figures, with_aliases
 from components.tracking import Tracker
 from tasks.locks import StateLockManager
+
+
+def _apply_log_levels() -> None:
+    """Prefect configures logging when first imported; when that happened before
+    ``configure_process_env`` set the levels (a test process), apply them now (incremental:
+    levels only, handlers untouched)."""
+    if os.environ.get("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL"):
+        from prefect.logging.configuration import setup_logging
+
+        setup_logging()
+
+
+_apply_log_levels()
 
 
 def key_from_params(_context, parameters: dict) -> str:
@@ -65,22 +84,139 @@ def prefect_table(rows: list[dict], key: str, description: str) -> None:
         create_table_artifact(table=rows, key=_artifact_key(key), description=description)
 
 
-def make_context(stage: str, run_id: str, trk: Tracker) -> StageContext:
-    """A StageContext whose callbacks log to the stage's MLflow run and Prefect artifacts."""
+class StageReport:
+    """One stage as the user watches it: a line when it starts and ends (terminal and Prefect
+    logs, at INFO) and one Prefect progress artifact on the ROOT flow run, keyed by the stage
+    label (``progress-compress-rtn-w8``), that reaches 100 % when the stage ends.
+
+    ``span`` maps a part's own 0..1 progress into the stage's (an RL segment is one part).
+    Artifact updates are throttled to one a second; the terminal bar redraws on every report.
+    """
+
+    MIN_INTERVAL_S = 1.0
+
+    def __init__(self, label: str, flow_run_id: str | None):
+        self.label, self.flow_run_id = label, flow_run_id
+        self.span = (0.0, 1.0)
+        self.artifact_id = None
+        self._last = 0.0
+        self._pct = 0.0
+        self._t0 = time.perf_counter()
+
+    def begin(self) -> "StageReport":
+        terminal().start(self.label)
+        _log().info("%s: started", self.label)
+        try:
+            if self.flow_run_id:
+                art = ProgressArtifact(progress=0.0, key=_artifact_key(f"progress-{self.label}"),
+                                       description=f"{self.label}: started", flow_run_id=self.flow_run_id)
+                self.artifact_id = art.create().id
+        except Exception:  # progress display must never fail a stage
+            self.artifact_id = None
+        return self
+
+    def update(self, msg: str, frac: float) -> None:
+        lo, hi = self.span
+        frac = lo + (hi - lo) * max(0.0, min(1.0, float(frac)))
+        terminal().update(self.label, msg, frac)
+        now = time.perf_counter()
+        if now - self._last >= self.MIN_INTERVAL_S:
+            self._last = now
+            self._artifact(100.0 * frac, f"{self.label}: {msg}")
+
+    def end(self, cached: bool, metrics: dict, info: dict | None = None, failed: bool = False) -> None:
+        seconds = time.perf_counter() - self._t0
+        figs = key_figures(self.label, metrics, info or {})
+        how = "failed" if failed else ("cache hit" if cached else "computed (cache miss)")
+        terminal().end(self.label, cached, seconds, figs, failed=failed)
+        text = format_figures(figs)
+        _log().info("%s: %s in %.1fs%s", self.label, how, seconds, f"; {text}" if text else "")
+        # 100 % only when the stage has really ended; a failed stage keeps its last value.
+        self._artifact(self._pct if failed else 100.0,
+                       f"{self.label}: {how}, {seconds:.1f}s" + (f"; {text}" if text else ""), final=True)
+
+    def _artifact(self, pct: float, description: str, final: bool = False) -> None:
+        if self.artifact_id is None:
+            return
+        if not final:
+            pct = min(pct, 99.0)  # a part that reports 1.0 has not ended the stage
+        self._pct = pct
+        try:
+            update_progress_artifact(self.artifact_id, progress=pct, description=description)
+        except Exception:
+            pass
+
+
+_LIVE: dict[tuple[str, str], StageReport] = {}
+_CURRENT: contextvars.ContextVar[StageReport | None] = contextvars.ContextVar("posttrain_stage", default=None)
+
+
+def _log():
+    try:
+        return get_run_logger()
+    except Exception:  # outside a flow/task run (direct calls in unit tests)
+        return logging.getLogger("posttrain")
+
+
+def _root_flow_run_id() -> str | None:
+    try:
+        return str(flow_run.root_flow_run_id or "") or None
+    except Exception:
+        return None
+
+
+def announce_run(recipe: str, mlflow_url: str) -> None:
+    """The first lines a user sees: where to watch this run in Prefect and MLflow."""
+    try:
+        ui = flow_run.ui_url
+    except Exception:
+        ui = None
+    terminal().line(f"posttrain run: recipe {recipe}")
+    if ui and str(ui).startswith("http"):  # an ephemeral server has no UI
+        terminal().line(f"  Prefect flow run  {ui}")
+    terminal().line(f"  MLflow run        {mlflow_url}")
+    _log().info("recipe %s; MLflow run %s", recipe, mlflow_url)
+
+
+@contextlib.contextmanager
+def reporting(label: str):
+    """Report stage ``label`` for the body; inside it, stage progress goes to this report.
+
+    A report already open for the label on the same root flow run (the parent flow opened it
+    around a subflow) is reused and left for its owner to end. The body calls ``rep.end``;
+    an exception ends it as failed.
+    """
+    root = _root_flow_run_id() or "local"
+    rep = _LIVE.get((root, label))
+    owner = rep is None
+    if owner:
+        rep = _LIVE[(root, label)] = StageReport(label, None if root == "local" else root).begin()
+    token = _CURRENT.set(rep)
+    try:
+        yield rep, owner
+    except BaseException:
+        if owner:
+            rep.end(False, {}, failed=True)
+        raise
+    finally:
+        _CURRENT.reset(token)
+        if owner:
+            _LIVE.pop((root, label), None)
+
+
+def make_context(stage: str, run_id: str, trk: Tracker, metric_aliases: dict[str, str] | None = None) -> StageContext:
+    """A StageContext whose callbacks log to the stage's MLflow run, its Prefect progress
+    artifact and the terminal. ``metric_aliases`` logs chosen metrics a second time under a
+    headline name (``reward_mean`` also as ``reward/mean``)."""
     s = get_settings()
-    progress_id: dict[str, Any] = {}
+    report = _CURRENT.get()
 
     def progress(msg: str, frac: float) -> None:
-        pct = max(0.0, min(100.0, 100.0 * float(frac)))
-        try:
-            if "id" not in progress_id:
-                progress_id["id"] = create_progress_artifact(
-                    progress=pct, key=_artifact_key(f"{stage}-progress"), description=f"{stage}: {msg}"
-                )
-            else:
-                update_progress_artifact(progress_id["id"], progress=pct, description=f"{stage}: {msg}")
-        except Exception:  # progress display must never fail a stage
-            pass
+        if report is not None:
+            report.update(msg, frac)
+
+    def log_metrics(m: dict, step: int | None = None) -> None:
+        trk.log_metrics(run_id, with_aliases(m, metric_aliases), step)
 
     def log_table(rows: list[dict], name: str) -> None:
         trk.log_table(run_id, rows, name)
@@ -88,7 +224,7 @@ def make_context(stage: str, run_id: str, trk: Tracker) -> StageContext:
 
     return StageContext(
         device=s.resolved_device(),
-        log_metrics=lambda m, step=None: trk.log_metrics(run_id, m, step),
+        log_metrics=log_metrics,
         log_artifact=lambda p, ap=None: trk.log_artifact(run_id, p, ap),
         log_table=log_table,
         log_dataset=lambda d, name, digest, context: trk.log_dataset(run_id, d, name, digest, context),
@@ -100,14 +236,15 @@ def make_context(stage: str, run_id: str, trk: Tracker) -> StageContext:
 
 def execute(stage: str, key: str, run_id: str, config: dict, kind: str,
             body: Callable[[Path, StageContext], dict[str, float]], meta: dict | None = None,
-            relpath: str | None = None, log_summary: bool = True) -> StageResult:
+            relpath: str | None = None, log_summary: bool = True,
+            metric_aliases: dict[str, str] | None = None) -> StageResult:
     """Run a stage body in a clean work folder, commit its output and log it to MLflow."""
     t0 = time.perf_counter()
     st, trk = store(), tracker()
     if log_summary:
         trk.log_params(run_id, config)
         trk.set_tags(run_id, {"cache_key": key, "cache_hit": "false"})
-    ctx = make_context(stage, run_id, trk)
+    ctx = make_context(stage, run_id, trk, metric_aliases)
     work = st.workdir(relpath or f"{stage}/{key}")
     metrics = body(work, ctx)
     ref = st.commit(work, relpath or f"{stage}/{key}", kind=kind, meta=meta or {})
@@ -200,31 +337,41 @@ def was_cached(state: State) -> bool:
     return state.name == "Cached"
 
 
+def task_run_name(label: str) -> str:
+    """What Prefect shows for a stage's task run: ``compress:rtn-w8`` -> ``compress[rtn-w8]``."""
+    stage, _, variant = label.partition(":")
+    return f"{stage}[{variant}]" if variant else stage
+
+
 def run_stage(task_fn, *, stage: str, key: str, parent_run_id: str, refresh: bool = False,
               run_name: str | None = None, **kwargs) -> tuple[StageResult, bool]:
     """Orchestration helper used by flows: child run, task call, cache-hit bookkeeping.
 
     On a cache hit the task body never runs, so the child run is tagged ``cache_hit=true``
     and given the cached figures here. A hit whose payload has vanished from the artifact
-    store is recomputed.
+    store is recomputed. The stage is reported (terminal, Prefect logs, progress artifact)
+    under its label ``stage``.
     """
     trk = tracker()
     run_id = trk.start_run(run_name or stage, parent_run_id, tags={"stage": stage})
-    fn = task_fn.with_options(refresh_cache=True) if refresh else task_fn
-    try:
-        state = fn(key=key, run_id=run_id, return_state=True, **kwargs)
-        result: StageResult = state.result()
-        cached = was_cached(state)
-        if cached and not all(store().exists(r) for r in result.outputs.values()):
-            state = task_fn.with_options(refresh_cache=True)(key=key, run_id=run_id, return_state=True, **kwargs)
-            result, cached = state.result(), False
-    except BaseException:
-        trk.end_run(run_id, "FAILED")
-        raise
-    if cached:
-        trk.set_tags(run_id, {"cache_hit": "true", "cache_key": key})
-        trk.log_metrics(run_id, result.metrics)
-    trk.end_run(run_id)
-    result.info["mlflow_run_id"] = run_id
-    result.info["cached"] = cached
+    named = task_fn.with_options(task_run_name=task_run_name(stage))
+    fn = named.with_options(refresh_cache=True) if refresh else named
+    with reporting(stage) as (rep, _owner):
+        try:
+            state = fn(key=key, run_id=run_id, return_state=True, **kwargs)
+            result: StageResult = state.result()
+            cached = was_cached(state)
+            if cached and not all(store().exists(r) for r in result.outputs.values()):
+                state = named.with_options(refresh_cache=True)(key=key, run_id=run_id, return_state=True, **kwargs)
+                result, cached = state.result(), False
+        except BaseException:
+            trk.end_run(run_id, "FAILED")
+            raise
+        if cached:
+            trk.set_tags(run_id, {"cache_hit": "true", "cache_key": key})
+            trk.log_metrics(run_id, result.metrics)
+        trk.end_run(run_id)
+        result.info["mlflow_run_id"] = run_id
+        result.info["cached"] = cached
+        rep.end(cached, result.metrics, result.info)
     return result, cached

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from components.artifacts import ArtifactRef
 from components.stages import rl as stage
+from components.summary import RL_HEADLINE, with_aliases
 from tasks.common import GPU, execute, make_key, stage_task, store
 
 
@@ -31,7 +32,7 @@ def rl_segment_task(key: str, run_id: str, cfg: dict, selection: dict, start: in
         "rl_train", key, run_id, conf, "checkpoint",
         lambda out, ctx: stage.run(c, sel, paths["model"], paths["dataset"], paths["difficulty"], paths["prev"],
                                    start, end, out, ctx),
-        meta={"step": end}, log_summary=False,
+        meta={"step": end}, log_summary=False, metric_aliases=RL_HEADLINE,
     )
 
 
@@ -44,4 +45,4 @@ def replay_history(run_id: str, checkpoint: ArtifactRef, start: int, end: int) -
     for h in read_history(store().local_path(checkpoint)):
         if start <= h["step"] < end:
             step = h.pop("step")
-            trk.log_metrics(run_id, h, step)
+            trk.log_metrics(run_id, with_aliases(h, RL_HEADLINE), step)

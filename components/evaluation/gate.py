@@ -157,7 +157,8 @@ def decide(
 
     best = min(passing, key=lambda c: (-getattr(c, cfg.metric), _size(c), c.name))
     ref, label = (champion, "champion") if champion is not None else (base, "base")
-    against = "" if ref is None else f" vs {label} {ref.name} {_pts(getattr(ref, cfg.metric) or 0.0)}"
+    named = "" if ref is None or ref.name == label else f" {ref.name}"  # never "vs base base"
+    against = "" if ref is None else f" vs {label}{named} {_pts(getattr(ref, cfg.metric) or 0.0)}"
     size = "unknown size" if best.size_bytes is None else f"{best.size_bytes / 1e6:.2f} MB"
     summary = (
         f"chose {best.name}: {cfg.metric} {_pts(getattr(best, cfg.metric))}, {size}{against}; "

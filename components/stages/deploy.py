@@ -109,7 +109,10 @@ def serve(cfg, state_dir: Path, model_dir: Path, version: str, name: str) -> dic
             "curl": curl_example(dep.endpoint, dep.served_model_name)}
 
 
-def curl_example(endpoint: str, model: str, prompt: str = "What is 7 + 5? Give only the final number.") -> str:
+EXAMPLE_PROMPT = "What is 7 + 5? Give only the final number."
+
+
+def curl_example(endpoint: str, model: str, prompt: str = EXAMPLE_PROMPT) -> str:
     """A ready-to-paste request against an OpenAI-compatible ``endpoint`` (``.../v1``)."""
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}],
                        "max_tokens": 16, "temperature": 0})
@@ -132,7 +135,11 @@ def run(cfg, chosen: str | None, candidate_refs: dict, lineage: dict, decision: 
     sub = serving_folder(local).relative_to(local).as_posix()
     source = ref["uri"] if sub == "." else f"{ref['uri'].rstrip('/')}/{sub}"
     tags["source_sha256"] = sha256_dir(serving_folder(local))
-    version = tracker.register_model(name, source, run_id, tags, identity=IDENTITY_TAGS)
+    # Registered from the flow's parent run, so its MLflow page lists the version on its first screen.
+    version = tracker.register_model(name, source, lineage.get("mlflow_parent_run_id") or run_id, tags,
+                                     identity=IDENTITY_TAGS)
+    record["logged_model_id"] = tracker.log_model_card(lineage.get("mlflow_parent_run_id") or run_id, name,
+                                                       version, EXAMPLE_PROMPT)
     tracker.set_alias(name, "candidate", version)
     record.update({"model_name": name, "version": version, "source": source, "registered": target})
     metrics["registered"] = 1.0

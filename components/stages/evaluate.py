@@ -78,7 +78,9 @@ def run(cfg, candidates: dict[str, Path], dataset_dir: Path, out_dir: Path, ctx,
         todo["champion"] = champion[1]
     for i, (name, path) in enumerate(todo.items()):
         ctx.progress(f"evaluating {name} ({i + 1}/{len(todo)})", i / len(todo))
-        reports[name] = evaluate_model(name, model_folder(path), rows, cfg, ctx.device, dtype)
+        reports[name] = evaluate_model(
+            name, model_folder(path), rows, cfg, ctx.device, dtype,
+            progress=lambda msg, frac, i=i: ctx.progress(f"{msg} ({i + 1}/{len(todo)})", (i + frac) / len(todo)))
     if champion_is is not None and champion_is in reports:
         reports["champion"] = reports[champion_is].model_copy(update={"name": "champion"})
     champ = reports.get("champion")
@@ -99,6 +101,7 @@ def run(cfg, candidates: dict[str, Path], dataset_dir: Path, out_dir: Path, ctx,
     ctx.log_artifact(out_dir / "decision.json", None)
     ctx.extra["comparison_table"] = table
     ctx.extra["decision"] = decision.summary
+    ctx.extra["chosen"] = decision.chosen
     metrics: dict[str, float] = {"promote": float(decision.chosen is not None)}
     for n, r in reports.items():
         for key in ("greedy_pass1", "pass_at_1_sampled", "pass_at_k", "mean_output_tokens", "tokens_per_correct", "latency_s"):

@@ -114,3 +114,8 @@ def test_gate_config_validation() -> None:
         GateConfig(metric="accuracy")
     with pytest.raises(ValidationError):
         GateConfig(tolerance=-1.0)
+
+
+def test_summary_names_the_reference_once_when_it_is_called_base() -> None:
+    decision = decide([rep("rl", 0.5)], None, rep("base", 0.25), GateConfig())
+    assert " vs base 25.00%" in decision.summary and "vs base base" not in decision.summary

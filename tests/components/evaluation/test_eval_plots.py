@@ -58,3 +58,34 @@ def test_comparison_table_rows() -> None:
     }
     assert rows[1]["tokens_per_correct"] is None  # inf (nothing correct) is not valid JSON
     assert rows[1]["size_mb"] is None
+
+
+def test_pareto_labels_do_not_overlap_on_overlapping_points(tmp_path: Path) -> None:
+    """Base and RL share a size and a score; three variants sit close together: every label
+    box (matplotlib's text extents) stays clear of the others and inside the axes."""
+    from matplotlib.text import Text
+
+    from components.evaluation.plots import pareto_figure
+
+    reports = [rep("base", 0.25, 314_000), rep("rl", 0.25, 314_000), rep("rtn-w8", 0.25, 111_000),
+               rep("rtn-w8a8-sq", 0.24, 112_000), rep("gptq-w4g64", 0.24, 110_000),
+               rep("magnitude-2:4", 0.0, 314_000), rep("wanda-2:4", 0.0, 313_000)]
+    fig = pareto_figure(reports, chosen="rtn-w8")
+    fig.canvas.draw()  # text positions as they are drawn
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts if t.get_gid() == "pareto-label"]
+    assert sorted(t.get_text() for t in labels) == sorted(
+        f"{r.name} (chosen)" if r.name == "rtn-w8" else r.name for r in reports)
+    boxes = [Text.get_window_extent(t, renderer) for t in labels]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+    ax_box = ax.get_window_extent(renderer)
+    assert all(ax_box.x0 <= b.x0 and b.x1 <= ax_box.x1 and ax_box.y0 <= b.y0 and b.y1 <= ax_box.y1 for b in boxes)
+    legend_box = ax.get_legend().get_window_extent(renderer)
+    assert legend_box.x0 >= ax_box.x1  # outside the axes: it covers no point or label
+    w, h = fig.get_size_inches() * fig.dpi
+    assert w >= 1000 and h >= 600
+    out = tmp_path / "pareto.png"
+    fig.savefig(out, format="png")
