@@ -129,6 +129,8 @@ class RLConfig(_Strict):
     tracker_decay: float = Field(0.9, description="decay of the online per-prompt pass-rate tracker")
     logprob_chunk_size: int = Field(1024, description="tokens per chunk when computing log-probs (bounds logits memory)")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+    share_prompts: bool = Field(True, description="prefix-shared forward/backward: a group's prompt is forwarded "
+                                "once for all its rollouts; micro-batches then hold whole groups")
     lora: LoRAConfig | None = Field(None, description="train LoRA adapters (peft) instead of all weights")
     engine: Literal["transformers", "vllm"] = Field(
         "transformers", description="rollout engine: in-process transformers, or a vLLM server (make vllm) "

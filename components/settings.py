@@ -31,6 +31,8 @@ class Settings(BaseSettings):
         None, description="MLflow UI base URL for links in Prefect (default: the one of `posttrain ui`, else :5000)")
     recipes_dir: Path = Field(Path("recipes"), description="YAML recipes offered by name in the Prefect UI form")
     cache_version: str = Field("1", description="bump to invalidate every cached stage")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (torch.set_num_threads); "
+                                "None = torch's default (the physical cores)")
 
     @property
     def state_path(self) -> Path:
@@ -110,9 +112,28 @@ def _answers(url: str) -> bool:
         return False
 
 
+def apply_thread_policy() -> None:
+    """Make idle OpenMP threads sleep instead of spin (``OMP_WAIT_POLICY=PASSIVE``) unless the
+    environment chose otherwise. On a shared machine spinning threads of two processes made every
+    op several times slower; the variable only counts when it is set before torch loads, so every
+    entry point calls this first."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def apply_threads(settings: Settings) -> None:
+    """``POSTTRAIN_THREADS``: the number of torch intra-op threads of this process."""
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    s = Settings()
+    apply_thread_policy()
+    apply_threads(s)
+    return s
 
 
 def reset_settings() -> None:
@@ -140,6 +161,7 @@ def configure_process_env(settings: Settings | None = None) -> Settings:
     A Prefect database migrated by a newer Prefect cannot be opened by an older one, so
     each project keeps its own PREFECT_HOME.
     """
+    apply_thread_policy()
     s = settings or get_settings()
     home = s.state_path / "prefect"
     home.mkdir(parents=True, exist_ok=True)

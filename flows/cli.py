@@ -375,6 +375,9 @@ def recipes() -> None:
 
 
 def main() -> None:
+    from components.settings import apply_thread_policy
+
+    apply_thread_policy()  # before any command imports torch
     app(prog_name="posttrain")
 
 

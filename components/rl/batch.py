@@ -63,19 +63,18 @@ def lm_head_weight(model) -> torch.Tensor:
 
 
 def response_logprobs(model, batch: TrainBatch, temperature: float = 1.0, chunk_size: int = 1024,
-                      with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trainer log-probs and entropies ``[B, T]`` of the response tokens (0 where masked)."""
+                      with_entropy: bool = True, share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trainer log-probs and entropies ``[B, T]`` of the response tokens (0 where masked).
+
+    ``share_prompts``: forward each distinct prompt once for all its responses (see below); the
+    same values and gradients as the plain path to float rounding."""
     dev = next(model.parameters()).device
-    ids = batch.input_ids.to(dev)
-    attn = batch.attention_mask.to(dev)
-    backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    hidden = backbone(input_ids=ids, attention_mask=attn).last_hidden_state  # [B, L, H]
     b, t = batch.resp_mask.shape
-    # The hidden state at position p+j-1 predicts response token j.
-    pos = batch.prompt_lens[:, None] - 1 + torch.arange(t)[None, :]
-    pos = pos.clamp(max=ids.shape[1] - 1).to(dev)
     sel = batch.resp_mask.bool().to(dev)
-    h = hidden.gather(1, pos[..., None].expand(b, t, hidden.shape[-1]))[sel]
+    if share_prompts and can_share_prompts(model):
+        h = _shared_hidden(model, batch)
+    else:
+        h = _plain_hidden(model, batch)[sel]
     tgt = batch.resp_ids.to(dev)[sel]
     logp_flat, ent_flat = token_logprobs(h, lm_head_weight(model), tgt, temperature, chunk_size)
     logp = torch.zeros((b, t), dtype=logp_flat.dtype, device=dev)
@@ -83,3 +82,133 @@ def response_logprobs(model, batch: TrainBatch, temperature: float = 1.0, chunk_
     logp = logp.masked_scatter(sel, logp_flat)
     ent = ent.masked_scatter(sel, ent_flat)
     return logp, ent
+
+
+def _plain_hidden(model, batch: TrainBatch) -> torch.Tensor:
+    """Hidden states [B, T, H] predicting each response slot, one [prompt + response] row per rollout."""
+    dev = next(model.parameters()).device
+    ids = batch.input_ids.to(dev)
+    backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    hidden = backbone(input_ids=ids, attention_mask=batch.attention_mask.to(dev)).last_hidden_state  # [B, L, H]
+    b, t = batch.resp_mask.shape
+    # The hidden state at position p+j-1 predicts response token j.
+    pos = batch.prompt_lens[:, None] - 1 + torch.arange(t)[None, :]
+    pos = pos.clamp(max=ids.shape[1] - 1).to(dev)
+    return hidden.gather(1, pos[..., None].expand(b, t, hidden.shape[-1]))
+
+
+# --- Prefix-shared forward -------------------------------------------------------------------
+# A group's rollouts share their prompt. Instead of forwarding [prompt + response] once per
+# rollout, each distinct prompt of a micro-batch is laid out once in a packed row followed by all
+# of its responses: ``[prompt | r_1 | r_2 | ...]``, positions restarting after the prompt for each
+# response, and a 4-D mask that lets a response token see the prompt and the earlier tokens of its
+# own response only. The prompt's keys and values are computed once and read by every response
+# (in value and gradient), which is the prompt-KV reuse of a cache without a cache object, so it
+# also runs under gradient checkpointing.
+
+SHARED_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass
+class PackedGroups:
+    ids: torch.Tensor  # [U, L] packed prompt + responses, one row per distinct prompt
+    pos: torch.Tensor  # [U, L] position ids
+    seg: torch.Tensor  # [U, L] 0 = prompt, k + 1 = k-th response of the row, -1 = padding
+    rows: torch.Tensor  # [N] packed row of each response token (in ``resp_mask`` order)
+    cols: torch.Tensor  # [N] packed column whose hidden state predicts it
+
+
+def pack_shared_prompts(batch: TrainBatch) -> PackedGroups:
+    """Lay out the batch's distinct prompts once each, followed by their responses."""
+    owner: dict[tuple[int, ...], int] = {}
+    layout: list[list[int]] = []  # tokens of each packed row
+    segs: list[list[int]] = []
+    poss: list[list[int]] = []
+    responses: list[int] = []  # responses already placed in each packed row
+    rows: list[int] = []
+    cols: list[int] = []
+    lens = batch.resp_mask.sum(-1).long().tolist()
+    for r in range(len(batch)):
+        p = int(batch.prompt_lens[r])
+        prompt = tuple(batch.input_ids[r, :p].tolist())
+        if prompt not in owner:
+            owner[prompt] = len(layout)
+            layout.append(list(prompt))
+            segs.append([0] * p)
+            poss.append(list(range(p)))
+            responses.append(0)
+        u, t = owner[prompt], lens[r]
+        if t == 0:
+            continue
+        start = len(layout[u])
+        responses[u] += 1
+        layout[u] += batch.resp_ids[r, :t].tolist()
+        segs[u] += [responses[u]] * t
+        poss[u] += list(range(p, p + t))
+        rows += [u] * t
+        # Response token 0 is predicted by the prompt's last position, token j by the response's j-1.
+        cols += [p - 1] + [start + j for j in range(t - 1)]
+    width = max(len(x) for x in layout)
+
+    def padded(xs: list[list[int]], fill: int) -> torch.Tensor:
+        return torch.tensor([x + [fill] * (width - len(x)) for x in xs], dtype=torch.long)
+    return PackedGroups(padded(layout, 0), padded(poss, 0), padded(segs, -1),
+                        torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long))
+
+
+def shared_attention_mask(seg: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
+    """[U, 1, L, L] mask: causal, and a key is visible when it is a prompt token or in the query's segment."""
+    n = seg.shape[1]
+    causal = torch.ones((n, n), dtype=torch.bool, device=seg.device).tril()
+    q, k = seg[:, :, None], seg[:, None, :]
+    allowed = (causal[None] & ((k == 0) | (k == q)))[:, None]
+    if kind == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def can_share_prompts(model) -> bool:
+    return getattr(model.config, "_attn_implementation", None) in SHARED_ATTENTION
+
+
+def _shared_hidden(model, batch: TrainBatch) -> torch.Tensor:
+    """Hidden states [N, H] that predict the response tokens, through the prefix-shared layout."""
+    dev = next(model.parameters()).device
+    pk = pack_shared_prompts(batch)
+    dtype = next(model.parameters()).dtype
+    mask = shared_attention_mask(pk.seg.to(dev), model.config._attn_implementation, dtype)
+    backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    hidden = backbone(input_ids=pk.ids.to(dev), attention_mask=mask, position_ids=pk.pos.to(dev)).last_hidden_state
+    return hidden[pk.rows.to(dev), pk.cols.to(dev)]
+
+
+def plan_microbatches(group_sizes: list[int], minibatch_size: int, micro_batch_size: int,
+                      gen: torch.Generator, whole_groups: bool) -> list[list[torch.Tensor]]:
+    """One epoch's order: minibatches (one optimiser step each) of micro-batches (one forward each)
+    of rollout indices (rollouts are numbered group after group).
+
+    ``whole_groups=False``: a random permutation of the rollouts, cut into slices. ``True``: a
+    random permutation of the groups; a minibatch takes whole groups until it holds at least
+    ``minibatch_size`` rollouts, a micro-batch takes whole groups while it stays within
+    ``micro_batch_size`` (a larger group is a micro-batch of its own), so a group's prompt is
+    shared by all its rollouts in one forward."""
+    n = sum(group_sizes)
+    if not whole_groups:
+        perm = torch.randperm(n, generator=gen)
+        slices = [perm[m:m + minibatch_size] for m in range(0, n, minibatch_size)]
+        return [[mb[i:i + micro_batch_size] for i in range(0, len(mb), micro_batch_size)] for mb in slices]
+    starts = [sum(group_sizes[:g]) for g in range(len(group_sizes))]
+    plan: list[list[torch.Tensor]] = []
+    mb: list[list[int]] = []
+    for g in torch.randperm(len(group_sizes), generator=gen).tolist():
+        members = list(range(starts[g], starts[g] + group_sizes[g]))
+        if mb and len(mb[-1]) + len(members) <= micro_batch_size:
+            mb[-1] += members
+        else:
+            mb.append(members)
+        if sum(len(m) for m in mb) >= minibatch_size:
+            plan.append([torch.tensor(m, dtype=torch.long) for m in mb])
+            mb = []
+    if mb:
+        plan.append([torch.tensor(m, dtype=torch.long) for m in mb])
+    return plan

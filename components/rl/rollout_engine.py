@@ -94,9 +94,9 @@ def start_engine(cfg, model: torch.nn.Module, tokenizer: Any, template_dir: Path
 
     ``cfg`` is the RL config. The caller closes the engine (it stops the vLLM server)."""
     if cfg.engine == "transformers":
-        from components.engines.transformers_engine import TransformersEngine
+        from components.engines.transformers_engine import engine_for
 
-        return TransformersEngine(model, tokenizer, max_batch_sequences=64, policy_version=start_step)
+        return engine_for(model, tokenizer, "rl", policy_version=start_step)
     from components.engines.vllm_engine import VLLMEngine
 
     opts: RolloutVLLMConfig = cfg.vllm

@@ -25,7 +25,7 @@ from components.artifacts import RUN_INFO_DIR, run_info_dir, split_measurements
 from components.engines.base import SamplingParams
 from components.rewards import get_reward
 from components.rl.advantages import batch_normalize, group_advantages, zero_variance_groups
-from components.rl.batch import build_batch, response_logprobs
+from components.rl.batch import TrainBatch, build_batch, plan_microbatches, response_logprobs
 from components.rl.length import max_new_tokens_at, overlong_penalty
 from components.rl.losses import policy_loss
 from components.rl.partial import RolloutBuffer, generate_with_partial
@@ -404,56 +404,7 @@ def train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg
     write_rollouts(rollout_dir / f"step-{step:05d}.parquet", step, groups, rewards_all, engine.policy_version)
 
     tu = time.perf_counter()
-    model.train()
-    n = len(tb)
-    order_rng = torch.Generator().manual_seed(cfg.seed * 7 + step)
-    with torch.no_grad():
-        old_logp = torch.cat([
-            response_logprobs(model, tb.select(list(range(i, min(n, i + cfg.micro_batch_size)))),
-                              cfg.temperature, cfg.logprob_chunk_size)[0].cpu()
-            for i in range(0, n, cfg.micro_batch_size)
-        ]) if (cfg.epochs > 1 or cfg.minibatch_size < n) else None
-        ref_logp = torch.cat([
-            response_logprobs(ref_model, tb.select(list(range(i, min(n, i + cfg.micro_batch_size)))),
-                              cfg.temperature, cfg.logprob_chunk_size)[0].cpu()
-            for i in range(0, n, cfg.micro_batch_size)
-        ]) if ref_model is not None else None
-    stats: dict[str, list[float]] = {}
-    grad_norms = []
-    for epoch in range(cfg.epochs):
-        perm = torch.randperm(n, generator=order_rng)
-        for mb_start in range(0, n, cfg.minibatch_size):
-            mb_idx = perm[mb_start : mb_start + cfg.minibatch_size]
-            mb_tokens = float(tb.resp_mask[mb_idx].sum().clamp(min=1))
-            model.zero_grad(set_to_none=True)
-            for mi in range(0, len(mb_idx), cfg.micro_batch_size):
-                sub = mb_idx[mi : mi + cfg.micro_batch_size]
-                part = tb.select(sub)
-                logp, ent = response_logprobs(model, part, cfg.temperature, cfg.logprob_chunk_size)
-                dev = logp.device
-                mask = part.resp_mask.to(dev)
-                old = old_logp[sub].to(dev) if old_logp is not None else logp.detach()
-                loss, lm = policy_loss(
-                    logp, old, part.advantages.to(dev), mask, cfg.loss,
-                    ref_logp=ref_logp[sub].to(dev) if ref_logp is not None else None,
-                    behaviour_logp=part.engine_logp.to(dev) if cfg.loss.tis_cap is not None else None,
-                    entropy=ent,
-                )
-                if cfg.loss.variant == "dapo":
-                    scale = float(mask.sum()) / mb_tokens
-                else:
-                    scale = len(sub) / len(mb_idx)
-                (loss * scale).backward()
-                for k, v in lm.items():
-                    stats.setdefault(k, []).append(v)
-                stats.setdefault("loss", []).append(float(loss.detach()))
-                # Engine vs trainer log-probs of the same (pre-update) policy.
-                gap = (part.engine_logp.to(dev) - old).abs() * mask
-                stats.setdefault("logprob_mismatch", []).append(float(gap.sum() / mask.sum().clamp(min=1)))
-                stats.setdefault("logprob_mismatch_max", []).append(float(gap.max()) if gap.numel() else 0.0)
-            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            grad_norms.append(float(gn))
-            opt.step()
+    stats, grad_norms = _update(model, opt, ref_model, engine, tb, [len(g) for _, _, g in groups], cfg, step)
     upd_s = time.perf_counter() - tu
     lengths = [s.num_tokens for _, _, g in groups for s in g]
     truncated = [s.finish_reason == "length" for _, _, g in groups for s in g]
@@ -485,3 +436,90 @@ def train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg
     metrics.update({k: float(v) for k, v in extra.items() if isinstance(v, (int, float))})
     engine.policy_version = step + 1
     return metrics
+
+
+def _all_logps(model, tb: TrainBatch, cfg) -> torch.Tensor:
+    """No-grad log-probs [B, T] of every rollout, micro-batch by micro-batch (groups are contiguous)."""
+    step = cfg.micro_batch_size
+    return torch.cat([
+        response_logprobs(model, tb.select(list(range(i, min(len(tb), i + step)))), cfg.temperature,
+                          cfg.logprob_chunk_size, share_prompts=cfg.share_prompts)[0].cpu()
+        for i in range(0, len(tb), step)
+    ])
+
+
+def engine_logps_are_old(engine, model, tb: TrainBatch) -> bool:
+    """The engine's log-probs are the old policy's when the engine samples with the trainer's own
+    model object (so the same weights and dtype) in float32 or wider, and every token was sampled
+    by the current policy version (no carried-over partial-rollout tokens)."""
+    if getattr(engine, "model", None) is not model:
+        return False
+    if next(model.parameters()).dtype not in (torch.float32, torch.float64):
+        return False
+    version = getattr(engine, "policy_version", None)
+    return bool((tb.versions[tb.resp_mask.bool()] == version).all())
+
+
+def _update(model, opt, ref_model, engine, tb: TrainBatch, group_sizes: list[int], cfg, step: int):
+    """The optimisation passes over one rollout batch; returns per-micro-batch stats and grad norms.
+
+    Old-policy log-probs (needed when the batch takes several optimiser steps) come from the engine
+    when ``engine_logps_are_old``, else from a no-grad forward; the ratio's reference is then the
+    policy that sampled, and TIS against the engine log-probs stays exactly the behaviour correction."""
+    model.train()
+    n = len(tb)
+    order_rng = torch.Generator().manual_seed(cfg.seed * 7 + step)
+    needs_old = cfg.epochs > 1 or cfg.minibatch_size < n
+    from_engine = needs_old and engine_logps_are_old(engine, model, tb)
+    with torch.no_grad():
+        old_logp = (tb.engine_logp * tb.resp_mask) if from_engine else (_all_logps(model, tb, cfg) if needs_old else None)
+        ref_logp = _all_logps(ref_model, tb, cfg) if ref_model is not None else None
+    stats: dict[str, list[float]] = {}
+    grad_norms: list[float] = []
+    for _ in range(cfg.epochs):
+        for micro in plan_microbatches(group_sizes, cfg.minibatch_size, cfg.micro_batch_size, order_rng,
+                                       cfg.share_prompts):
+            mb_idx = torch.cat(micro)
+            mb_tokens = float(tb.resp_mask[mb_idx].sum().clamp(min=1))
+            model.zero_grad(set_to_none=True)
+            for sub in micro:
+                # With engine old log-probs the engine/trainer gap is measured before the first update only.
+                measure_gap = not from_engine or not grad_norms
+                old = old_logp[sub] if old_logp is not None else None
+                _micro_step(model, tb.select(sub), old, ref_logp[sub] if ref_logp is not None else None, cfg,
+                            len(sub) / len(mb_idx), mb_tokens, stats,
+                            gap=(None if from_engine else old) if measure_gap else False)
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norms.append(float(gn))
+            opt.step()
+    return stats, grad_norms
+
+
+def _micro_step(model, part: TrainBatch, old_logp, ref_logp, cfg, share: float, mb_tokens: float,
+                stats: dict[str, list[float]], gap: torch.Tensor | None | bool = None) -> None:
+    """Forward, loss and backward of one micro-batch (gradients accumulate); appends its stats.
+
+    ``gap``: the pre-update trainer log-probs the engine's are compared with (None: this forward's,
+    False: not measured)."""
+    logp, ent = response_logprobs(model, part, cfg.temperature, cfg.logprob_chunk_size,
+                                  share_prompts=cfg.share_prompts)
+    dev = logp.device
+    mask = part.resp_mask.to(dev)
+    old = old_logp.to(dev) if old_logp is not None else logp.detach()
+    loss, lm = policy_loss(
+        logp, old, part.advantages.to(dev), mask, cfg.loss,
+        ref_logp=ref_logp.to(dev) if ref_logp is not None else None,
+        behaviour_logp=part.engine_logp.to(dev) if cfg.loss.tis_cap is not None else None,
+        entropy=ent,
+    )
+    scale = float(mask.sum()) / mb_tokens if cfg.loss.variant == "dapo" else share
+    (loss * scale).backward()
+    for k, v in lm.items():
+        stats.setdefault(k, []).append(v)
+    stats.setdefault("loss", []).append(float(loss.detach()))
+    if gap is not False:
+        # Engine vs trainer log-probs of the same (pre-update) policy.
+        trainer = logp.detach() if gap is None else gap.to(dev)
+        gap = (part.engine_logp.to(dev) - trainer).abs() * mask
+        stats.setdefault("logprob_mismatch", []).append(float(gap.sum() / mask.sum().clamp(min=1)))
+        stats.setdefault("logprob_mismatch_max", []).append(float(gap.max()) if gap.numel() else 0.0)

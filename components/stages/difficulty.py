@@ -15,7 +15,7 @@ import torch
 from components.difficulty.estimate import EstimateConfig, estimate_difficulty
 from components.difficulty.report import bucket_table, plot_pass_rate_histogram
 from components.engines.base import SamplingParams
-from components.engines.transformers_engine import TransformersEngine
+from components.engines.transformers_engine import engine_for
 from components.rewards import get_reward
 from components.rl.trainer import RewardScorer, messages_for
 from components.stages.curate import load_split
@@ -38,7 +38,7 @@ def run(cfg, model_dir: Path, dataset_dir: Path, out_dir: Path, ctx, dtype=torch
 
     rows = load_split(dataset_dir, "train")
     model = load_model(model_dir, ctx.device, dtype)
-    engine = TransformersEngine(model, load_tokenizer(model_dir), max_batch_sequences=64)
+    engine = engine_for(model, load_tokenizer(model_dir), "difficulty")
     scorer = RewardScorer()
 
     def sample_fn(indices: list[int], n: int, round_index: int) -> list[list[float]]:

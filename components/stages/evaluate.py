@@ -10,7 +10,7 @@ import torch
 
 from components.artifacts import RUN_INFO_DIR, run_info_dir, sha256_dir, split_measurements
 from components.engines.base import SamplingParams
-from components.engines.transformers_engine import TransformersEngine
+from components.engines.transformers_engine import engine_for
 from components.evaluation.gate import decide
 from components.evaluation.plots import comparison_table, pareto_plot
 from components.evaluation.runner import CandidateReport, Completion, compare_to_champion, evaluate_candidate
@@ -38,7 +38,7 @@ def dir_size(path: Path) -> int:
 def make_generate(model_dir: Path, device: str, dtype):
     from components.models import load_model, load_tokenizer
 
-    engine = TransformersEngine(load_model(model_dir, device, dtype), load_tokenizer(model_dir), max_batch_sequences=64)
+    engine = engine_for(load_model(model_dir, device, dtype), load_tokenizer(model_dir), "evaluate")
 
     def generate(prompts, n, temperature, max_new_tokens, seed):
         batch = engine.generate(prompts, n, SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed))

@@ -62,3 +62,32 @@ def test_export_s3_env_leaves_a_local_setup_and_an_existing_region_alone(tmp_pat
     export_s3_env(Settings(_env_file=None, state_dir=tmp_path, artifact_root="s3://b/p"))  # no keys: AWS chain
     assert "AWS_ACCESS_KEY_ID" not in os.environ and "MLFLOW_S3_ENDPOINT_URL" not in os.environ
     assert "AWS_DEFAULT_REGION" not in os.environ
+
+
+def _python(code: str, **env: str) -> str:
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "POSTTRAIN_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
+                         timeout=300, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_posttrain_cli_sets_passive_omp_wait_before_torch_loads() -> None:
+    code = ("import sys, os; sys.argv = ['posttrain', '--help']\n"
+            "from flows.cli import main\n"
+            "assert 'torch' not in sys.modules\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'))")
+    assert _python(code) == "PASSIVE"
+    assert _python(code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"  # an explicit choice is kept
+
+
+def test_posttrain_threads_sets_torch_threads_where_settings_load() -> None:
+    code = ("from components.settings import get_settings\n"
+            "get_settings()\n"
+            "import torch, os; print(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])")
+    assert _python(code, POSTTRAIN_THREADS="1") == "1 PASSIVE"
+    with pytest.raises(Exception):
+        Settings(threads=0)

@@ -88,9 +88,22 @@ def test_step_metrics_and_rollouts(tiny_model_dir, tmp_path, parity_reward):
     assert {"prompt_id", "text", "reward", "finish_reason", "policy_version", "engine_logprob_sum"} <= set(t[0])
 
 
-def test_dynamic_sampling_refills_zero_variance_groups(tiny_model_dir, tmp_path):
-    # A random tiny model never answers correctly: every group has zero variance, so dynamic
-    # sampling keeps drawing fresh prompts until the refill rounds run out.
+class _NeverCorrect:
+    version = "test"
+
+    def __call__(self, text, answer, meta=None):
+        from components.rewards import RewardResult
+
+        return RewardResult(score=0.0, parts={}, error=None)
+
+
+def test_dynamic_sampling_refills_zero_variance_groups(tiny_model_dir, tmp_path, monkeypatch):
+    # No completion is ever correct: every group has zero variance, so dynamic sampling keeps
+    # drawing fresh prompts until the refill rounds run out. (The numeric reward on the random
+    # tiny model is not enough: a sampled "0" does answer "What is 0 + 0?".)
+    import components.rl.trainer as trainer
+
+    monkeypatch.setattr(trainer, "get_reward", lambda name: _NeverCorrect())
     logged = []
     cfg = _cfg(steps=1, dynamic_sampling=True, max_refill_rounds=2, prompts_per_step=2)
     run_segment(base_model_dir=tiny_model_dir, init_checkpoint=None, rows=ROWS, weights=None, difficulty=None,

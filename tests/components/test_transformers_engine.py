@@ -68,3 +68,74 @@ def test_top_k_one_equals_greedy(tiny_model_dir):
     greedy = eng.generate(PROMPTS, 1, SamplingParams(max_new_tokens=5, temperature=0))
     topk = eng.generate(PROMPTS, 1, SamplingParams(max_new_tokens=5, temperature=1.0, top_k=1, seed=4))
     assert [g[0].token_ids for g in greedy.groups] == [g[0].token_ids for g in topk.groups]
+
+
+def _hf_greedy(eng, prompt_ids, max_new):
+    """HF ``model.generate`` (greedy) on the same left-padded prompts; each row cut after its first EOS."""
+    pad = eng.tokenizer.pad_token_id
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+    with torch.no_grad():
+        out = eng.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new,
+                                 pad_token_id=pad, eos_token_id=sorted(eng.eos_ids))
+    rows = []
+    for r in out[:, width:].tolist():
+        cut = next((k + 1 for k, t in enumerate(r) if t in eng.eos_ids), len(r))
+        rows.append(r[:cut])
+    return rows
+
+
+def test_greedy_equals_hf_generate(tiny_model_dir):
+    """The sampling loop (shared-prefix prefill, finished rows dropped) against ``model.generate``."""
+    eng = _engine(tiny_model_dir)
+    prompts = PROMPTS + [[{"role": "user", "content": "Count from one to ten, slowly please."}]]
+    out = eng.generate(prompts, 2, SamplingParams(max_new_tokens=12, temperature=0))
+    ref = _hf_greedy(eng, out.prompt_token_ids, 12)
+    assert [[s.token_ids for s in g] for g in out.groups] == [[r, r] for r in ref]
+
+
+def test_finished_rows_leave_the_batch_without_changing_the_others(tiny_model_dir):
+    """An EOS that ends some rows early: the rows still running decode exactly as they do alone."""
+    eng = _engine(tiny_model_dir)
+    p = SamplingParams(max_new_tokens=10, temperature=0)
+    alone = [eng.generate([m], 1, p).groups[0][0].token_ids for m in PROMPTS]
+    eos = alone[0][2]  # the third greedy token of the first prompt now ends it
+    eng.eos_ids = {eos}
+    together = eng.generate(PROMPTS, 1, p).groups
+    first = together[0][0]
+    assert first.token_ids == alone[0][: alone[0].index(eos) + 1] and first.finish_reason == "stop"
+    second = alone[1][: alone[1].index(eos) + 1] if eos in alone[1] else alone[1]
+    assert together[1][0].token_ids == second
+
+
+def test_inverse_cdf_sampler_draws_the_filtered_distribution():
+    from components.engines.transformers_engine import inverse_cdf_sample
+
+    probs = torch.tensor([0.5, 0.0, 0.2, 0.3, 0.0])
+    gen = torch.Generator().manual_seed(0)
+    draws = 40_000
+    u = torch.rand(draws, generator=gen, dtype=torch.float64)
+    idx = inverse_cdf_sample(probs.expand(draws, -1), u)
+    freq = torch.bincount(idx, minlength=5).double() / draws
+    sigma = (probs.double() * (1 - probs.double()) / draws).sqrt()
+    assert freq[1] == 0 and freq[4] == 0  # zero-probability tokens are never drawn
+    assert bool(((freq - probs.double()).abs() <= 5 * sigma + 1e-12).all())
+    # Unnormalised weights give the same draws as their normalised distribution.
+    assert torch.equal(inverse_cdf_sample((3 * probs).expand(draws, -1), u), idx)
+
+
+def test_two_level_sampler_matches_the_flat_inverse_cdf():
+    """Blocks of the two-level inverse CDF (a vocabulary not divisible by the block size): the
+    drawn token is the one a flat cdf over the whole row gives for the same uniform."""
+    from components.engines.transformers_engine import inverse_cdf_sample
+
+    gen = torch.Generator().manual_seed(1)
+    w = torch.rand(64, 1000, generator=gen) ** 4
+    w[:, 100:300] = 0.0  # whole empty blocks are skipped
+    u = torch.rand(64, generator=gen, dtype=torch.float64)
+    got = inverse_cdf_sample(w, u, block=64)
+    cdf = w.double().cumsum(-1)
+    flat = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
+    assert torch.equal(got, flat)
+    assert bool((w.gather(1, got[:, None]) > 0).all())
