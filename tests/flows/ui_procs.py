@@ -94,7 +94,14 @@ def prefect_servers(prefect_home: Path) -> list[int]:
 
 
 def api(base: str, method: str, path: str, body: dict | None = None) -> httpx.Response:
-    return httpx.request(method, f"{base}{path}", json=body, timeout=30)
+    """One REST call; a 503 (the server's answer to sqlite write contention on a loaded machine)
+    is retried as Prefect's own client does."""
+    for _ in range(5):
+        r = httpx.request(method, f"{base}{path}", json=body, timeout=30)
+        if r.status_code != 503:
+            return r
+        time.sleep(2.0)
+    return r
 
 
 def deployment(base: str, name: str) -> dict | None:
