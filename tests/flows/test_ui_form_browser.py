@@ -87,7 +87,7 @@ def test_submit_the_prefilled_form_and_see_the_run_in_both_uis(posttrain_ui, tmp
 
 def _mlflow_parent(page, ui: dict, fr_id: str, fr_name: str, out: Path) -> None:
     """The MLflow parent run of the flow run: its name, its reward curve and registered model on
-    the first screen (as far as the parent run carries them: see the report)."""
+    the first screen."""
     from components.settings import Settings
     from components.tracking import Tracker
 
@@ -102,10 +102,11 @@ def _mlflow_parent(page, ui: dict, fr_id: str, fr_name: str, out: Path) -> None:
     first_screen = page.locator("body").inner_text()
     for child in ("curate", "rl_train", "evaluate", "deploy"):  # the stage runs are one click away
         assert child in first_screen, child
-    # The reward curve and the registered model on the parent run come from the MLflow-readability
-    # work (issue #15 item 5); until the parent logs them these two checks have nothing to look at.
-    rewards = [k for k in parent.data.metrics if "reward" in k]
+    rewards = [k for k in parent.data.metrics if k.startswith("reward/")]
     versions = trk.client.search_model_versions(f"run_id = '{parent.info.run_id}'")
+    assert "reward/mean" in rewards, sorted(parent.data.metrics)  # the RL reward curve, per step
+    assert len(trk.client.get_metric_history(parent.info.run_id, "reward/mean")) >= 2
+    assert versions, "the parent run lists the model version it registered"
     for k in rewards:  # the headline reward metrics the parent run logs are on its first screen
         assert k in first_screen, k
     for v in versions:  # and so is the model it registered
