@@ -28,7 +28,7 @@ def watched(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("watch")
     state = tmp / "state"
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=300):  # a bound: shared CI machines are slow
         api = str(get_current_settings().api.url)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "POSTTRAIN_", "MLFLOW_"))}
         env.update({"POSTTRAIN_STATE_DIR": str(state), "PREFECT_API_URL": api, "OMP_WAIT_POLICY": "PASSIVE"})
