@@ -120,8 +120,7 @@ def run(
         _fail(e, 1, debug)
     if summary:
         summary.write_text(json.dumps(result, indent=2, default=str))
-    for name, s in result["stages"].items():
-        typer.echo(f"{name:28s} {'cached' if s['cached'] else 'computed':8s} {s['seconds']:8.1f}s")
+    # Each stage already printed its start and end line (components/progress.py): no second table.
     if "bytes_written" in result:
         from components.gc import human
 
