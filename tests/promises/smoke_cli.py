@@ -29,6 +29,8 @@ def cli_env(state: Path, code_root: Path | None = None) -> dict:
     env["POSTTRAIN_STATE_DIR"] = str(state)
     env["POSTTRAIN_PREFECT_API_URL"] = "http://127.0.0.1:9/api"  # nothing answers: ephemeral Prefect
     env["OMP_WAIT_POLICY"] = "PASSIVE"
+    # A shared CI machine under load can take minutes to start the ephemeral Prefect server.
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "600"
     if code_root is not None:
         env["PYTHONPATH"] = str(code_root)
     return env
