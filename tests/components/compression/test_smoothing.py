@@ -67,3 +67,33 @@ def test_smoothing_config_rules(model):
         compress_model(model, parse_variant("rtn-w8a8-sq"), [])
     with pytest.raises(ValueError, match="alpha"):
         smooth(model, [], alpha=1.5)
+
+
+def _padded_and_single(lengths, seq=16, pad_id=0, seed=1):
+    """One right-padded batch with rows of the given lengths, and the same rows one at a time, unpadded."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 128, (len(lengths), seq), generator=g)
+    mask = torch.zeros_like(ids)
+    for j, n in enumerate(lengths):
+        ids[j, n:] = pad_id
+        mask[j, :n] = 1
+    single = [{"input_ids": ids[j : j + 1, :n], "attention_mask": mask[j : j + 1, :n]} for j, n in enumerate(lengths)]
+    return [{"input_ids": ids, "attention_mask": mask}], single
+
+
+def test_smoothing_scales_ignore_padding(model):
+    """Padded calibration batches of rows of different lengths give the scales that unpadded
+    one-sequence-at-a-time calibration gives (the pad token's embedding is made 50x larger, so a
+    pad position counted in max|x| would move them)."""
+    model = _with_outliers(model)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[0] *= 50.0
+    padded, single = _padded_and_single([16, 3, 9, 5])
+    a_pad, a_one = activation_absmax(model, padded), activation_absmax(model, single)
+    assert a_pad.keys() == a_one.keys() and len(a_one) == 4
+    for key in a_one:
+        torch.testing.assert_close(a_pad[key], a_one[key], rtol=1e-5, atol=1e-6)
+    m_pad, m_one = _copy(model), _copy(model)
+    smooth(m_pad, padded, 0.5), smooth(m_one, single, 0.5)
+    for (name, p), q in zip(m_pad.state_dict().items(), m_one.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
