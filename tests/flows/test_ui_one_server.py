@@ -39,8 +39,11 @@ def test_ui_on_other_ports_runs_a_form_run_on_its_own_server(posttrain_ui, tmp_p
     log = tmp_path / "serve-flows.log"
     serve = start_serve_flows(state, log, "--recipe", "smoke")
     try:
+        # The deployment may exist already (another test served the same UI): wait for this
+        # process to say which server it uses, then for its registration.
+        note = f"Prefect server: {base} (posttrain ui, pid {ui['proc'].pid}"
+        wait_for("serve-flows names the UI's server", lambda: note in log.read_text(errors="replace"), 240)
         dep = wait_for("post-training registered", lambda: deployment(base, "post-training"), 240)
-        assert f"Prefect server: {base} (posttrain ui, pid {ui['proc'].pid}" in log.read_text()
         # The form starts from the named recipe: `config` is the smoke recipe, field by field.
         from components.recipe import load_recipe
 
