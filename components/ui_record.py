@@ -13,6 +13,8 @@ import os
 import time
 from pathlib import Path
 
+from components.runowners import pid_alive  # noqa: F401 - re-exported for callers
+
 NAME = "ui.json"
 
 
@@ -36,16 +38,6 @@ def write_record(state: Path, host: str, prefect_port: int, mlflow_port: int, se
     tmp.write_text(json.dumps(rec, indent=2))
     tmp.replace(path)
     return rec
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def read_record(state: Path) -> dict | None:

@@ -9,17 +9,8 @@ from pathlib import Path
 
 from prefect.locking.filesystem import FileSystemLockManager
 
+from components.runowners import pid_alive as _pid_alive
 from components.settings import get_settings
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 class StateLockManager(FileSystemLockManager):
