@@ -120,6 +120,57 @@ def _scored(score: ScoreFn, row: dict[str, Any], text: str) -> bool:
     return value >= CORRECT_THRESHOLD
 
 
+@dataclass
+class _GreedyPass:
+    texts: list[str]
+    correct: list[bool]
+    tokens: int
+    latency: float
+    deterministic: bool | None
+
+
+def _eval_rows(rows: Sequence[dict[str, Any]], cfg: EvalConfig) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows to evaluate (at most ``max_rows``) and their ids, which must be unique."""
+    rows = list(rows)[: cfg.max_rows] if cfg.max_rows is not None else list(rows)
+    if not rows:
+        raise ValueError("no rows to evaluate")
+    ids = [str(r["id"]) for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError("row ids must be unique: flips are counted per id")
+    return rows, ids
+
+
+def _greedy_pass(generate: GenerateFn, rows: list[dict[str, Any]], score: ScoreFn, cfg: EvalConfig,
+                 tick: Callable[[str], None]) -> _GreedyPass:
+    """Greedy answers, their scores and token count; a second identical pass when checking determinism."""
+    prompts = [str(r["prompt"]) for r in rows]
+    start = time.perf_counter()
+    raw = generate(prompts, 1, 0.0, cfg.max_new_tokens, cfg.seed)
+    latency = time.perf_counter() - start
+    greedy = [g[0] for g in _checked(raw, len(prompts), 1)]
+    tick("greedy")
+    texts = [c.text for c in greedy]
+    deterministic = None
+    if cfg.determinism_check:
+        again = _checked(generate(prompts, 1, 0.0, cfg.max_new_tokens, cfg.seed), len(prompts), 1)
+        tick("determinism")
+        deterministic = determinism(texts, [g[0].text for g in again]).identical
+    return _GreedyPass(texts=texts, correct=[_scored(score, r, t) for r, t in zip(rows, texts, strict=True)],
+                       tokens=sum(c.num_tokens for c in greedy), latency=latency, deterministic=deterministic)
+
+
+def _progress_ticker(cfg: EvalConfig, progress: ProgressFn | None) -> Callable[[str], None]:
+    total = 1 + (2 if cfg.greedy and cfg.determinism_check else 1 if cfg.greedy else 0)
+    done = [0]
+
+    def tick(phase: str) -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(phase, done[0], total)
+
+    return tick
+
+
 def evaluate_candidate(
     name: str,
     generate: GenerateFn,
@@ -130,81 +181,39 @@ def evaluate_candidate(
     progress: ProgressFn | None = None,
 ) -> CandidateReport:
     """Run the greedy pass (twice if checking determinism) and the sampled pass; report figures."""
-    rows = list(rows)[: cfg.max_rows] if cfg.max_rows is not None else list(rows)
-    if not rows:
-        raise ValueError("no rows to evaluate")
-    ids = [str(r["id"]) for r in rows]
-    if len(set(ids)) != len(ids):
-        raise ValueError("row ids must be unique: flips are counted per id")
+    rows, ids = _eval_rows(rows, cfg)
+    n, n_rows = cfg.samples, len(rows)
+    tick = _progress_ticker(cfg, progress)
+    greedy = _greedy_pass(generate, rows, score, cfg, tick) if cfg.greedy else None
     prompts = [str(r["prompt"]) for r in rows]
-    n = cfg.samples
-
-    total = 1 + (2 if cfg.greedy and cfg.determinism_check else 1 if cfg.greedy else 0)
-    done = 0
-
-    def tick(phase: str) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(phase, done, total)
-
-    greedy_texts: list[str] | None = None
-    greedy_correct: list[bool] | None = None
-    greedy_tokens = 0
-    latency: float | None = None
-    deterministic: bool | None = None
-    if cfg.greedy:
-        start = time.perf_counter()
-        raw = generate(prompts, 1, 0.0, cfg.max_new_tokens, cfg.seed)
-        latency = time.perf_counter() - start
-        greedy = [g[0] for g in _checked(raw, len(prompts), 1)]
-        tick("greedy")
-        greedy_texts = [c.text for c in greedy]
-        greedy_correct = [_scored(score, r, c.text) for r, c in zip(rows, greedy, strict=True)]
-        greedy_tokens = sum(c.num_tokens for c in greedy)
-        if cfg.determinism_check:
-            again = _checked(generate(prompts, 1, 0.0, cfg.max_new_tokens, cfg.seed), len(prompts), 1)
-            tick("determinism")
-            deterministic = determinism(greedy_texts, [g[0].text for g in again]).identical
-
-    sampled = _checked(generate(prompts, n, cfg.temperature, cfg.max_new_tokens, cfg.seed), len(prompts), n)
+    sampled = _checked(generate(prompts, n, cfg.temperature, cfg.max_new_tokens, cfg.seed), n_rows, n)
     tick("sampled")
     sampled_correct = [sum(_scored(score, r, c.text) for c in group) for r, group in zip(rows, sampled, strict=True)]
-
-    n_rows = len(rows)
-    if greedy_correct is not None:
-        n_correct = sum(greedy_correct)
-        mean_tokens = greedy_tokens / n_rows
-        per_correct = cost_of_pass(greedy_tokens, n_correct)
-        greedy_pass1: float | None = n_correct / n_rows
+    if greedy is not None:
+        mean_tokens = greedy.tokens / n_rows
+        per_correct = cost_of_pass(greedy.tokens, sum(greedy.correct))
     else:
         sampled_tokens = sum(c.num_tokens for group in sampled for c in group)
         mean_tokens = sampled_tokens / (n_rows * n)
         per_correct = cost_of_pass(sampled_tokens, sum(sampled_correct))
-        greedy_pass1 = None
-
     details = [
-        RowResult(
-            id=ids[i],
-            greedy_text=None if greedy_texts is None else greedy_texts[i],
-            greedy_correct=None if greedy_correct is None else greedy_correct[i],
-            sampled_correct=sampled_correct[i],
-            n_samples=n,
-        )
+        RowResult(id=ids[i], greedy_text=None if greedy is None else greedy.texts[i],
+                  greedy_correct=None if greedy is None else greedy.correct[i],
+                  sampled_correct=sampled_correct[i], n_samples=n)
         for i in range(n_rows)
     ]
     return CandidateReport(
         name=name,
-        greedy_pass1=greedy_pass1,
+        greedy_pass1=None if greedy is None else sum(greedy.correct) / n_rows,
         pass_at_1_sampled=sum(c / n for c in sampled_correct) / n_rows,
         pass_at_k=sum(pass_at_k(n, c, cfg.k) for c in sampled_correct) / n_rows,
         k=cfg.k,
         mean_output_tokens=mean_tokens,
         tokens_per_correct=per_correct,
-        latency_s=latency,
+        latency_s=None if greedy is None else greedy.latency,
         size_bytes=size_bytes,
-        deterministic=deterministic,
-        correct={} if greedy_correct is None else dict(zip(ids, greedy_correct, strict=True)),
+        deterministic=None if greedy is None else greedy.deterministic,
+        correct={} if greedy is None else dict(zip(ids, greedy.correct, strict=True)),
         n_rows=n_rows,
         details=details,
     )
