@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | sha
 RECIPE ?= default
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-vllm test-gpu bench-gpu vllm bench ui clean browser serve-flows deploy-flows llmc test-llmc
+.PHONY: setup run test lint test-vllm test-gpu bench-gpu vllm bench ui clean browser serve-flows deploy-flows llmc test-llmc
 
 setup: $(STAMP)
 
@@ -23,6 +23,12 @@ $(STAMP): $(LOCK) pyproject.toml
 
 run: setup vllm
 	$(BIN)/posttrain run --recipe $(RECIPE) --summary .posttrain/last-summary.json
+
+# ruff (pyflakes, pycodestyle errors, bugbear, sorted imports) and mypy, both configured in
+# pyproject.toml; .ci/run runs this before the tests.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test: setup browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

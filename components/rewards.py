@@ -152,11 +152,17 @@ def _find_last_boxed(text: str) -> str | None:
 _ANSWER_RE = re.compile(r"answer[ \t*]*[:\uff1a]", re.IGNORECASE)
 
 
+def _last_match(regex: re.Pattern[str], text: str) -> re.Match[str] | None:
+    """The last match of ``regex`` in ``text`` (the final answer wins over earlier drafts)."""
+    last = None
+    for last in regex.finditer(text):  # noqa: B007 - the loop keeps the last match
+        pass
+    return last
+
+
 def _after_last_answer_marker(text: str) -> str | None:
     """Rest of the line after the last ``Answer:`` (tolerates markdown ``**Answer:**``)."""
-    last = None
-    for last in _ANSWER_RE.finditer(text):
-        pass
+    last = _last_match(_ANSWER_RE, text)
     if last is None:
         return None
     rest = text[last.end():]
@@ -432,9 +438,7 @@ class MultipleChoiceReward(RewardFn):
             if m:
                 return m.group(1)
         for regex in (self._answer_re, self._paren_re):
-            last = None
-            for last in regex.finditer(text):
-                pass
+            last = _last_match(regex, text)
             if last is not None:
                 return last.group(1)
         m = self._alone_re.fullmatch(text.strip())
@@ -643,18 +647,14 @@ class FormatReward(RewardFn):
             content = _find_last_boxed(text)
             if content is not None and content.strip():
                 ends.append(text.index("{", start) + 1 + len(content) + 1)
-        last = None
-        for last in _ANSWER_RE.finditer(text):
-            pass
+        last = _last_match(_ANSWER_RE, text)
         if last is not None:
             rest = text[last.end():]
             nl = rest.find("\n")
             line = rest if nl < 0 else rest[:nl]
             if line.strip():
                 ends.append(last.end() + len(line))
-        tag = None
-        for tag in _ANSWER_TAG_RE.finditer(text):
-            pass
+        tag = _last_match(_ANSWER_TAG_RE, text)
         if tag is not None and tag.group(0)[8:-9].strip():
             ends.append(tag.end())
         return max(ends) if ends else None
@@ -683,7 +683,6 @@ class CompositeReward(RewardFn):
     """
 
     name = "composite"
-    version = "1"
     Config = CompositeConfig
     config: CompositeConfig
 

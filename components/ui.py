@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from components import ui_record
-from components.settings import Settings, _answers as answers
+from components.settings import Settings
+from components.settings import _answers as answers
 
 PREFECT_PORT = 4200
 MLFLOW_PORT = 5000

@@ -21,11 +21,18 @@ from prefect.runtime import flow_run  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from components import runowners  # noqa: E402
-from components.recipe import (STAGES, Recipe, RecipeError, apply_override,  # noqa: E402
-                               format_validation_error, load_recipe, stage_config)
+from components.gc import storage_summary  # noqa: E402
+from components.recipe import (  # noqa: E402
+    STAGES,
+    Recipe,
+    RecipeError,
+    apply_override,
+    format_validation_error,
+    load_recipe,
+    stage_config,
+)
 from components.run_params import Override, StageName, recipe_choices, recipe_name_type  # noqa: E402
 from components.stages.context import StageResult  # noqa: E402
-from components.gc import storage_summary  # noqa: E402
 from components.summary import build_summary, headline_metrics, markdown_summary  # noqa: E402
 from flows.rl_train import rl_train_flow  # noqa: E402
 from tasks import compress as compress_t  # noqa: E402

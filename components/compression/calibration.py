@@ -11,7 +11,7 @@ and everything runs under ``torch.inference_mode``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch

@@ -22,8 +22,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from pathlib import PurePosixPath
 from collections import Counter
+from pathlib import PurePosixPath
 from typing import Any, Iterable, Sequence
 
 from components.data.errors import CurationError

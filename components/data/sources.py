@@ -17,8 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from components.data.config import (
-    ArithmeticSource, CountdownSource, CsvSource, FieldMap, HfDiskSource, HfHubSource, JsonlSource,
-    ParquetSource, SourceConfig,
+    ArithmeticSource,
+    CountdownSource,
+    CsvSource,
+    FieldMap,
+    HfDiskSource,
+    HfHubSource,
+    JsonlSource,
+    ParquetSource,
+    SourceConfig,
 )
 from components.data.errors import CurationError
 from components.data.generators import generate_arithmetic, generate_countdown

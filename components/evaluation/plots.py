@@ -14,7 +14,6 @@ from matplotlib.transforms import Bbox
 from components.evaluation.metrics import pareto_frontier
 from components.evaluation.runner import CandidateReport
 
-
 _OFFSETS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (0, 1.3), (0, -1.3), (1.3, 0), (-1.3, 0))
 _RADII_PT = (7, 14, 24, 36, 52, 72, 96)
 

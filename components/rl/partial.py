@@ -243,7 +243,7 @@ def generate_with_partial(
             seqs = [g.prompt_token_ids + s.token_ids for g, s in part]
             results = engine.sample_continuations(seqs, p, gen)
             engine_calls += 1
-            for (g, s), room, (toks, lps, reason) in zip(part, budget, results):
+            for (_g, s), room, (toks, lps, reason) in zip(part, budget, results):
                 keep = min(len(toks), room)
                 s.token_ids.extend(toks[:keep])
                 s.logprobs.extend(lps[:keep])

@@ -240,7 +240,7 @@ def write_history(out_dir: Path, history: list[dict]) -> None:
 def read_history(ckpt_dir: Path) -> list[dict]:
     """The per-step figures of a checkpoint, both files of ``write_history`` merged by step."""
     ckpt_dir = Path(ckpt_dir)
-    rows = [json.loads(l) for l in (ckpt_dir / "metrics.jsonl").read_text().splitlines() if l]
+    rows = [json.loads(line) for line in (ckpt_dir / "metrics.jsonl").read_text().splitlines() if line]
     timings = ckpt_dir / RUN_INFO_DIR / "timings.jsonl"
     extra = {}
     if timings.exists():
@@ -392,7 +392,7 @@ def train_step(model, opt, ref_model, engine, tok, sampler, scorer, tracker, cfg
         adv = list(torch.split(flat_adv, [len(r) for r in shaped]))
     rewards = torch.tensor([x for r in rewards_all for x in r], dtype=torch.float32)
     prompts, responses, elps, vers, advs = [], [], [], [], []
-    for (row, pids, g), a in zip(groups, adv):
+    for (_row, pids, g), a in zip(groups, adv):
         for s, ai in zip(g, a.tolist()):
             prompts.append(pids)
             responses.append(s.token_ids)

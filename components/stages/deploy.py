@@ -14,7 +14,6 @@ from pathlib import Path
 from components.artifacts import run_info_dir, sha256_dir
 from components.stages.evaluate import serving_folder
 
-
 # Tags that say what a registered version *is*: a candidate with the same values is the same
 # version (a rerun after a kill reuses it instead of registering a duplicate).
 IDENTITY_TAGS = ("model_sha256", "source_sha256", "candidate_name", "recipe_digest", "dataset_sha256",

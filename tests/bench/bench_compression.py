@@ -95,7 +95,8 @@ def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         state = compress_model(
             model, parse_variant(spec), calib,
-            progress=lambda msg, frac: print(f"  {spec}: {msg} {time.perf_counter() - t0:.1f}s", file=sys.stderr),
+            progress=lambda msg, frac, spec=spec, t0=t0: print(f"  {spec}: {msg} {time.perf_counter() - t0:.1f}s",
+                                                          file=sys.stderr),
         )  # fmt: skip
         seconds = time.perf_counter() - t0
         cpu_seconds = time.process_time() - c0  # all threads; on a shared machine wall time lies

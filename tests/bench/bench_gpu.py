@@ -183,13 +183,13 @@ def sweep_dequant() -> list[dict]:
         for m in ms:
             x = torch.randn(m, 4096, device=DEV).bfloat16()
             want = dequant_matmul(x, packed, scale, zero, 64, 4, impl="torch").float()
-            dense = cuda_time(lambda: F.linear(x, w.bfloat16()), reps=20)
+            dense = cuda_time(lambda x=x: F.linear(x, w.bfloat16()), reps=20)
             best, rows = None, []
             for cfg in cfgs + [dequant_launch_config(m)]:
                 try:
                     got = _dequant_matmul_triton(x, packed, scale, zero, 64, 4, cfg).float()
                     ok = bool(((got - want).abs().max() <= 3e-2 * want.abs().max()).item())
-                    ms_ = cuda_time(lambda: _dequant_matmul_triton(x, packed, scale, zero, 64, 4, cfg), reps=20)
+                    ms_ = cuda_time(lambda x=x, cfg=cfg: _dequant_matmul_triton(x, packed, scale, zero, 64, 4, cfg), reps=20)
                 except Exception as e:  # noqa: BLE001 - a config that does not compile is just skipped
                     rows.append({**cfg, "error": type(e).__name__})
                     continue
@@ -222,7 +222,7 @@ def sweep_logprobs_fwd(n: int = 8192, hdim: int = 576, vocab: int = 49152) -> di
                         try:
                             lp, _ = triton_token_logprobs(h, w, t, config=cfg)
                             ok = bool(((lp - ref).abs().max() < 5e-2).item())
-                            ms_ = cuda_time(lambda: triton_token_logprobs(h, w, t, config=cfg), reps=10)
+                            ms_ = cuda_time(lambda cfg=cfg: triton_token_logprobs(h, w, t, config=cfg), reps=10)
                         except Exception as e:  # noqa: BLE001
                             rows.append({**cfg, "error": type(e).__name__})
                             continue

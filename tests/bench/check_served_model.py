@@ -12,7 +12,6 @@ the RL-trained model matches the served folder on every prompt.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import sys
 from pathlib import Path

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from components.settings import Settings, export_s3_env
 
@@ -89,5 +90,5 @@ def test_posttrain_threads_sets_torch_threads_where_settings_load() -> None:
             "get_settings()\n"
             "import torch, os; print(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])")
     assert _python(code, POSTTRAIN_THREADS="1") == "1 PASSIVE"
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="threads"):
         Settings(threads=0)

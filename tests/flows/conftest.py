@@ -7,8 +7,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def posttrain_ui(tmp_path_factory):
-    from components.serving.vllm_server import find_free_port
     from ui_procs import start_ui, stop
+
+    from components.serving.vllm_server import find_free_port
 
     state = tmp_path_factory.mktemp("operate") / "state"
     pp = find_free_port()

@@ -42,7 +42,7 @@ def test_smoke_flow_runs_then_caches(flow_env):
     first = post_training(recipe="smoke")
     assert list(first["stages"]) == STAGES
     assert not any(s["cached"] for s in first["stages"].values())
-    for name, s in first["stages"].items():
+    for s in first["stages"].values():
         for ref in s["outputs"].values():
             assert len(ref["sha256"]) == 64 and ref["uri"]
     assert first["stages"]["curate"]["metrics"]["rows_out"] > 0

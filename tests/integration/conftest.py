@@ -8,7 +8,6 @@ kernels accept.
 
 from __future__ import annotations
 
-import json
 import string
 from pathlib import Path
 

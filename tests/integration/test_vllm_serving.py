@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import OpenAI
+from vllm_poller import CHAT, Poller
 
 from components.engines.base import SamplingParams
 from components.engines.vllm_engine import VLLMEngine
@@ -24,7 +25,6 @@ from components.serving.vllm_server import (
     VLLMServerConfig,
     pid_alive,
 )
-from vllm_poller import CHAT, Poller
 
 
 def test_missing_env_names_make_vllm(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_tiny_llama
 
 from components.compression.apply import compress_model
 from components.compression.config import parse_variant
@@ -20,7 +21,6 @@ from components.engines.base import SamplingParams
 from components.engines.vllm_engine import VLLMEngine
 from components.models import load_model
 from components.serving.formats import servable_folder
-from conftest import build_tiny_llama
 
 pytestmark = pytest.mark.vllm
 

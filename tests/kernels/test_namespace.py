@@ -4,8 +4,9 @@ from pathlib import Path
 
 
 def test_transformers_does_not_detect_hub_kernels():
-    import kernels
     from transformers.utils import import_utils
+
+    import kernels
 
     assert Path(kernels.__file__).parent.parent == Path(__file__).resolve().parents[2]
     import_utils.is_kernels_available.cache_clear() if hasattr(import_utils.is_kernels_available, "cache_clear") else None

@@ -41,8 +41,8 @@ texts = [d["greedy_text"] for d in report.model_dump()["details"]]
 def inputs(tmp_path_factory) -> tuple[Path, Path]:
     from components.data.config import ArithmeticSource
     from components.data.generators import generate_arithmetic
-    from components.data.writer import write_split
     from components.data.normalize import prompt_id
+    from components.data.writer import write_split
     from components.models import build_tiny_model
 
     root = tmp_path_factory.mktemp("w8a8-threads")

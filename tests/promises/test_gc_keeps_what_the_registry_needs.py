@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import re
 
-from components.gc import size_of
 from user_cli import posttrain
+
+from components.gc import size_of
 
 CHAMPION = ["run", "--recipe", "smoke"]
 OTHER = ["run", "--recipe", "smoke", "--set", "rl_train.lr=2.0e-3", "--stages", "compress"]

@@ -45,7 +45,7 @@ def test_killed_runs_are_marked_crashed_and_live_runs_are_not_touched(tmp_path):
 
     report = posttrain(["doctor"], state, timeout=600)
     assert report.returncode == 1, report.stdout + report.stderr
-    for fr_id, (name, st) in dead_flows.items():
+    for fr_id, (_name, st) in dead_flows.items():
         assert st != "RUNNING" or fr_id in report.stdout
     for run_id, st in dead_mlflow.items():
         assert st != "RUNNING" or run_id in report.stdout

@@ -10,8 +10,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from components.recipe import STAGES
 from user_cli import flow_run_states, mlflow_db, posttrain, query
+
+from components.recipe import STAGES
 
 SMOKE = ["run", "--recipe", "smoke"]
 

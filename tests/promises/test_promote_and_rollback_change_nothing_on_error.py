@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from mlflow.exceptions import MlflowException
+from user_cli import posttrain
 
 from components.settings import Settings
 from components.stages.deploy import promote
 from components.tracking import Tracker
-from user_cli import posttrain
 
 MODEL = "promise-policy"
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM
-
 from compression_fixtures import make_batches, tiny_llama
+from transformers import LlamaForCausalLM
 
 
 @pytest.fixture

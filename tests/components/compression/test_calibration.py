@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from components.compression.calibration import capture_decoder_inputs, collect_stats, sequential_compress
 from components.compression.apply import target_linears
+from components.compression.calibration import capture_decoder_inputs, collect_stats, sequential_compress
 
 
 def _inputs_by_hook(model, batches, name):

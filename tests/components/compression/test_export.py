@@ -8,12 +8,12 @@ import math
 
 import pytest
 import torch
+from compression_fixtures import VOCAB, tiny_llama
 from transformers import AutoModelForCausalLM
 
 from components.compression.apply import compress_model
 from components.compression.config import parse_variant
 from components.compression.export import dir_size_bytes, export_compressed_tensors, export_dense, perplexity
-from compression_fixtures import VOCAB, tiny_llama
 
 
 def _logits(model, batch):
