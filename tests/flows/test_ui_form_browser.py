@@ -11,16 +11,20 @@ import re
 from pathlib import Path
 
 import pytest
-from ui_procs import api, deployment, flow_runs, start_serve_flows, stop, wait_for
+from ui_procs import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    MLFLOW_UI_PREFS,
+    VIEWPORT,
+    api,
+    deployment,
+    flow_runs,
+    start_serve_flows,
+    stop,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-VIEWPORT = {"width": 1400, "height": 900}
-MLFLOW_UI_PREFS = ("localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('machine_learning'));"
-                   "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
-                   "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');")
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 

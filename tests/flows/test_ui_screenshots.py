@@ -15,16 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from ui_procs import CHROMIUM, CHROMIUM_ARGS, MLFLOW_UI_PREFS, VIEWPORT
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-VIEWPORT = {"width": 1400, "height": 900}
-# MLflow's UI: the classic "Model training" view, assistant panel closed.
-MLFLOW_UI_PREFS = ("localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('machine_learning'));"
-                   "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
-                   "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');")
 SAVE = os.environ.get("POSTTRAIN_SAVE_SCREENSHOTS") == "1"
 
 

@@ -140,3 +140,14 @@ def tracebacks(log: Path) -> list[str]:
             out.append(block)
         i = j + 1
     return out
+
+
+# Debian's chromium as Playwright drives it here (never a downloaded browser), and MLflow's UI in its
+# classic "Model training" view with the assistant panel closed.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1400, "height": 900}
+MLFLOW_UI_PREFS = ("localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('machine_learning'));"
+                   "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
+                   "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');")
