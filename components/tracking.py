@@ -175,12 +175,10 @@ class Tracker:
             self.client.log_batch(dst_run, metrics=batch[i : i + 500])
         return len(batch)
 
-    def log_model_card(self, run_id: str, name: str, version: str, example_prompt: str) -> str:
-        """An MLflow logged model for a registered version: its signature (a chat prompt in, the
-        completion out) and an input example, an output of ``run_id``, linked both ways with
-        the version (tag ``logged_model_id`` on the version, ``mlflow.modelVersions`` on the
-        model). The weights stay where the version's source points; only metadata is logged.
-        Returns the logged model id."""
+    def _model_card(self, run_id: str, name: str, example_prompt: str) -> str:
+        """An MLflow logged model holding the card of a version about to be registered: its
+        signature (a chat prompt in, the completion out) and an input example, an output of
+        ``run_id``. Only metadata is logged; the weights stay where ``weights_uri`` points."""
         import tempfile
 
         from mlflow.entities import LoggedModelOutput, LoggedModelStatus
@@ -190,8 +188,7 @@ class Tracker:
         sig = ModelSignature(inputs=Schema([ColSpec("string", "prompt")]),
                              outputs=Schema([ColSpec("string", "completion")]))
         lm = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id,
-                                             model_type="transformers",
-                                             tags={"mlflow.modelVersions": json.dumps([{"name": name, "version": version}])})
+                                             model_type="transformers")
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "input_example.json").write_text(json.dumps({"columns": ["prompt"], "data": [[example_prompt]]}))
             card = Model(signature=sig, model_id=lm.model_id, run_id=run_id)
@@ -201,15 +198,18 @@ class Tracker:
             self.client.log_model_artifacts(lm.model_id, d)
         self.client.finalize_logged_model(lm.model_id, LoggedModelStatus.READY)
         self.client.log_outputs(run_id, [LoggedModelOutput(lm.model_id, 0)])
-        self.client.set_model_version_tag(name, version, "logged_model_id", lm.model_id)
         return lm.model_id
 
     # registry -----------------------------------------------------------
-    def register_model(self, name: str, source_uri: str, run_id: str, tags: dict[str, Any],
-                       identity: tuple[str, ...] = ()) -> str:
-        """Register ``source_uri`` as a new version of ``name``, or return the existing version whose
-        ``identity`` tags (and source) equal this one's: registering twice (a rerun after a kill
-        between registration and the stage's end) never makes a duplicate."""
+    def register_model(self, name: str, weights_uri: str, run_id: str, tags: dict[str, Any],
+                       identity: tuple[str, ...] = (), example_prompt: str = "") -> str:
+        """Register the weights at ``weights_uri`` as a new version of ``name``, or return the
+        existing version whose weights and ``identity`` tags equal these: registering twice (a
+        rerun after a kill between registration and the stage's end) never makes a duplicate.
+
+        The version's MLflow source is a logged model card (``models:/<id>``) so the version page
+        shows the signature and input example (MLflow reads ``MLmodel`` from the version's source);
+        the weights' location is the version's ``weights_uri`` tag (``weights_uri(mv)``)."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -218,15 +218,20 @@ class Tracker:
             pass
         clean = {k: str(v) for k, v in tags.items() if not is_secret(k)}
         if identity:
-            same = self._same_version(name, source_uri, {k: clean.get(k, "") for k in identity})
+            same = self._same_version(name, weights_uri, {k: clean.get(k, "") for k in identity})
             if same is not None:
                 return same
-        mv = self.client.create_model_version(name, source=source_uri, run_id=run_id, tags=clean)
+        model_id = self._model_card(run_id, name, example_prompt)
+        clean.update({"weights_uri": weights_uri, "logged_model_id": model_id})
+        mv = self.client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, tags=clean,
+                                              model_id=model_id)
+        self.client.set_logged_model_tags(
+            model_id, {"mlflow.modelVersions": json.dumps([{"name": name, "version": str(mv.version)}])})
         return str(mv.version)
 
-    def _same_version(self, name: str, source_uri: str, ident: dict[str, str]) -> str | None:
+    def _same_version(self, name: str, weights: str, ident: dict[str, str]) -> str | None:
         for mv in self.client.search_model_versions(f"name = '{name}'"):
-            if mv.source == source_uri and all(mv.tags.get(k, "") == v for k, v in ident.items()):
+            if weights_uri(mv) == weights and all(mv.tags.get(k, "") == v for k, v in ident.items()):
                 return str(mv.version)
         return None
 
@@ -267,6 +272,12 @@ class Tracker:
 
     def model_version(self, name: str, version: str):
         return self.client.get_model_version(name, version)
+
+
+def weights_uri(mv) -> str:
+    """Where a registered version's weights are: its ``weights_uri`` tag (the version's source
+    is its model card), or the source itself for versions registered before the card existed."""
+    return mv.tags.get("weights_uri") or mv.source
 
 
 def is_secret(key: str) -> bool:

@@ -234,22 +234,24 @@ def gc(
 @app.command()
 def serve(
     alias: str = typer.Option("champion", help="registry alias to serve"),
-    model: str = typer.Option("posttrain-policy", help="registered model name"),
+    model: Optional[str] = typer.Option(None, help=_MODEL_HELP),
     port: int = typer.Option(8100, help="first of the two blue/green ports (127.0.0.1)"),
 ) -> None:
     """Serve a registry model with vLLM (blue/green: the old server stops only after the new one answers)."""
     from components.artifacts import ArtifactRef
     from components.recipe import DeployConfig
     from components.stages.deploy import serve as do_serve
-    from components.tracking import Tracker
+    from components.tracking import Tracker, weights_uri
     from tasks.common import store
 
     settings = _env()
-    mv = Tracker(settings).version_by_alias(model, alias)
+    trk = Tracker(settings)
+    model = _model_name(trk, model)
+    mv = trk.version_by_alias(model, alias)
     if mv is None:
         typer.echo(f"model {model} has no version with alias {alias!r}", err=True)
         raise typer.Exit(1)
-    path = store().local_path(ArtifactRef(uri=mv.source, sha256=mv.tags.get("source_sha256", ""), kind="model"))
+    path = store().local_path(ArtifactRef(uri=weights_uri(mv), sha256=mv.tags.get("source_sha256", ""), kind="model"))
     info = do_serve(DeployConfig(registered_model_name=model, port=port), settings.state_path, path, str(mv.version), model)
     typer.echo(json.dumps(info, indent=2))
 

@@ -59,6 +59,7 @@ def _champion(rec: Recipe, candidates: dict) -> tuple:
     """The registry's champion: (ref, None), or (None, name) when it is one of this run's
     candidates (same payload digest), or (None, None) when there is none or it is unreachable."""
     from components.artifacts import ArtifactRef
+    from components.tracking import weights_uri
 
     mv = tracker().version_by_alias(rec.deploy.registered_model_name, "champion")
     if mv is None:
@@ -66,7 +67,7 @@ def _champion(rec: Recipe, candidates: dict) -> tuple:
     for name, ref in candidates.items():
         if mv.tags.get("model_sha256") == ref.sha256:
             return None, name
-    ref = ArtifactRef(uri=mv.source, sha256=mv.tags.get("source_sha256", ""), kind="model")
+    ref = ArtifactRef(uri=weights_uri(mv), sha256=mv.tags.get("source_sha256", ""), kind="model")
     try:
         store().local_path(ref)
     except (FileNotFoundError, IOError):

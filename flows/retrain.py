@@ -35,11 +35,12 @@ def champion_model_dir(registered_model_name: str) -> Path | None:
     """
     from components.artifacts import ArtifactRef
     from components.stages.evaluate import model_folder
+    from components.tracking import weights_uri
 
     mv = tracker().version_by_alias(registered_model_name, "champion")
     if mv is None:
         return None
-    uri = mv.source.rstrip("/")
+    uri = weights_uri(mv).rstrip("/")
     head, _, last = uri.rpartition("/")
     if last in _SUBFOLDERS and head:
         uri = head

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -90,10 +91,14 @@ class StageReport:
     label (``progress-compress-rtn-w8``), that reaches 100 % when the stage ends.
 
     ``span`` maps a part's own 0..1 progress into the stage's (an RL segment is one part).
-    Artifact updates are throttled to one a second; the terminal bar redraws on every report.
+    Artifact updates from reports are throttled to one a second; the terminal bar redraws on
+    every report. A heartbeat thread redraws the bar and rewrites the artifact every
+    ``HEARTBEAT_S`` seconds with the elapsed time, so a stage whose parts report rarely (one RL
+    step takes half a minute on 2 cores) still shows it is alive at least every 10 s.
     """
 
     MIN_INTERVAL_S = 1.0
+    HEARTBEAT_S = 5.0
 
     def __init__(self, label: str, flow_run_id: str | None):
         self.label, self.flow_run_id = label, flow_run_id
@@ -101,7 +106,11 @@ class StageReport:
         self.artifact_id = None
         self._last = 0.0
         self._pct = 0.0
+        self._msg, self._frac = "started", 0.0
         self._t0 = time.perf_counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def begin(self) -> "StageReport":
         terminal().start(self.label)
@@ -113,18 +122,34 @@ class StageReport:
                 self.artifact_id = art.create().id
         except Exception:  # progress display must never fail a stage
             self.artifact_id = None
+        # The thread runs in a copy of this context: the same Prefect settings and API server.
+        ctx = contextvars.copy_context()
+        self._beat = threading.Thread(target=ctx.run, args=(self._heartbeat,), daemon=True,
+                                      name=f"posttrain-progress-{self.label}")
+        self._beat.start()
         return self
 
     def update(self, msg: str, frac: float) -> None:
         lo, hi = self.span
         frac = lo + (hi - lo) * max(0.0, min(1.0, float(frac)))
+        self._msg, self._frac = msg, frac
         terminal().update(self.label, msg, frac)
         now = time.perf_counter()
         if now - self._last >= self.MIN_INTERVAL_S:
             self._last = now
             self._artifact(100.0 * frac, f"{self.label}: {msg}")
 
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.HEARTBEAT_S):
+            elapsed = time.perf_counter() - self._t0
+            msg, frac = self._msg, self._frac
+            terminal().update(self.label, f"{msg} ({elapsed:.0f}s)", frac)
+            self._artifact(100.0 * frac, f"{self.label}: {msg} ({elapsed:.0f}s elapsed)")
+
     def end(self, cached: bool, metrics: dict, info: dict | None = None, failed: bool = False) -> None:
+        self._stop.set()
+        if self._beat is not None and self._beat is not threading.current_thread():
+            self._beat.join(timeout=10)
         seconds = time.perf_counter() - self._t0
         figs = key_figures(self.label, metrics, info or {})
         how = "failed" if failed else ("cache hit" if cached else "computed (cache miss)")
@@ -138,13 +163,16 @@ class StageReport:
     def _artifact(self, pct: float, description: str, final: bool = False) -> None:
         if self.artifact_id is None:
             return
-        if not final:
-            pct = min(pct, 99.0)  # a part that reports 1.0 has not ended the stage
-        self._pct = pct
-        try:
-            update_progress_artifact(self.artifact_id, progress=pct, description=description)
-        except Exception:
-            pass
+        with self._lock:  # the heartbeat and the stage's own reports never interleave
+            if not final:
+                if self._stop.is_set() and threading.current_thread() is self._beat:
+                    return  # the stage has ended: the final value must stay
+                pct = min(pct, 99.0)  # a part that reports 1.0 has not ended the stage
+            self._pct = pct
+            try:
+                update_progress_artifact(self.artifact_id, progress=pct, description=description)
+            except Exception:
+                pass
 
 
 _LIVE: dict[tuple[str, str], StageReport] = {}

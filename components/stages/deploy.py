@@ -136,9 +136,8 @@ def run(cfg, chosen: str | None, candidate_refs: dict, lineage: dict, decision: 
     tags["source_sha256"] = sha256_dir(serving_folder(local))
     # Registered from the flow's parent run, so its MLflow page lists the version on its first screen.
     version = tracker.register_model(name, source, lineage.get("mlflow_parent_run_id") or run_id, tags,
-                                     identity=IDENTITY_TAGS)
-    record["logged_model_id"] = tracker.log_model_card(lineage.get("mlflow_parent_run_id") or run_id, name,
-                                                       version, EXAMPLE_PROMPT)
+                                     identity=IDENTITY_TAGS, example_prompt=EXAMPLE_PROMPT)
+    record["logged_model_id"] = tracker.find_version(name, version).tags.get("logged_model_id")
     tracker.set_alias(name, "candidate", version)
     record.update({"model_name": name, "version": version, "source": source, "registered": target})
     metrics["registered"] = 1.0

@@ -116,3 +116,19 @@ def _mlflow_parent(page, ui: dict, fr_id: str, fr_name: str, out: Path) -> None:
     for v in versions:  # and so is the model it registered
         assert v.name in first_screen, v.name
     assert "Registered models" in first_screen
+    _mlflow_version(page, ui, versions[0], out)
+
+
+def _mlflow_version(page, ui: dict, mv, out: Path) -> None:
+    """The model version page shows the signature (a string prompt in, one output): MLflow reads
+    the MLmodel of the version's source, the model card deploy registers."""
+    page.goto(f"{ui['mlflow']}/#/models/{mv.name}/versions/{mv.version}", wait_until="domcontentloaded",
+              timeout=120_000)
+    page.get_by_text("Inputs (1)").first.click(timeout=120_000)  # the schema's inputs, expanded
+    page.get_by_text("prompt (required)").first.wait_for(state="visible", timeout=60_000)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(out / "mlflow-model-version.png"))
+    text = page.locator("body").inner_text()
+    schema = text[text.index("Schema"):]
+    assert "prompt (required)\nstring" in schema and "Outputs (1)" in schema, schema[:500]
+    assert mv.tags["weights_uri"] in text  # where the weights are, on the same page

@@ -108,3 +108,86 @@ def test_mlflow_parent_run_first_screen(watched):
     info = mlflow.models.get_model_info(f"models:/{versions[0].tags['logged_model_id']}")
     assert info.signature.inputs.input_names() == ["prompt"]
     assert info.saved_input_example_info["artifact_path"] == "input_example.json"
+    # The version page reads MLmodel from the version's own download location: the card is there,
+    # while the weights' location is the version's weights_uri tag (what serve/retrain load).
+    card = mlflow.models.get_model_info(client.get_model_version_download_uri(dep["model_name"], str(dep["version"])))
+    assert card.signature.inputs.input_names() == ["prompt"] and card.signature.outputs.input_names() == ["completion"]
+    assert versions[0].tags["weights_uri"] == dep["source"]
+
+
+def test_a_stage_that_reports_rarely_still_moves_every_few_seconds(watched, monkeypatch):
+    """The heartbeat: between two of a stage's own reports (an RL step is ~30 s on 2 cores) its
+    Prefect progress artifact is rewritten with the elapsed time at least every HEARTBEAT_S
+    (default 5 s, under the 10 s promise), and ends at 100 %. Here with a 0.4 s beat and one
+    report followed by 2.5 s of silence, read back from the real server while the flow runs."""
+    import threading
+    import time
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter
+
+    from tasks.common import StageReport, reporting
+
+    assert StageReport.HEARTBEAT_S <= 10
+    monkeypatch.setattr(StageReport, "HEARTBEAT_S", 0.4)
+    quiet_s = 2.5
+
+    @flow(name="heartbeat-probe")
+    def probe() -> None:
+        with reporting("probe-stage") as (rep, _owner):
+            rep.update("step 1/2", 0.5)
+            time.sleep(quiet_s)
+            rep.end(False, {})
+
+    seen: list[tuple[float, str]] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        with get_client(sync_client=True) as client:
+            while not done.is_set():
+                for a in client.read_artifacts(artifact_filter=ArtifactFilter(key={"any_": ["progress-probe-stage"]})):
+                    if not seen or seen[-1] != (a.data, a.description):
+                        seen.append((a.data, a.description))
+                time.sleep(0.1)
+
+    t = threading.Thread(target=poll)
+    t.start()
+    try:
+        probe()
+    finally:
+        done.set()
+        t.join()
+    beats = [d for _, d in seen if "elapsed" in d and d.startswith("probe-stage: step 1/2")]
+    # 2.5 s of silence at a 0.4 s beat: several distinct heartbeats, the elapsed time increasing.
+    assert len(beats) >= int(quiet_s / 0.4) // 2, seen
+    secs = [int(re.search(r"\((\d+)s elapsed\)", d).group(1)) for d in beats]
+    assert secs == sorted(secs) and secs[-1] > secs[0], seen
+    assert all(p == 50.0 for p, d in seen if d in beats)  # the beat never moves the fraction
+    assert seen[-1][0] == 100.0 and "computed (cache miss)" in seen[-1][1]  # the end wins over the beat
+
+
+def test_the_terminal_bar_redraws_on_the_heartbeat(monkeypatch):
+    """On a TTY the running stage's bar is redrawn by the heartbeat with the elapsed time."""
+    import io
+    import time
+
+    from components.progress import TerminalProgress
+    from tasks import common
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Tty()
+    term = TerminalProgress(stream=out)
+    monkeypatch.setattr(common, "terminal", lambda: term)
+    monkeypatch.setattr(common.StageReport, "HEARTBEAT_S", 0.3)
+    rep = common.StageReport("bar-stage", None).begin()
+    rep.update("round 1/3", 1 / 3)
+    time.sleep(1.2)
+    rep.end(False, {})
+    text = out.getvalue()
+    redraws = re.findall(r"round 1/3 \((\d+)s\)", text)
+    assert len(redraws) >= 2, text  # redrawn without any new report
+    assert re.search(r"bar-stage +computed", text)

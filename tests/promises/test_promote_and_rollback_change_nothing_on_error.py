@@ -1,6 +1,6 @@
 """Promise: ``posttrain promote N`` checks N before moving anything; alias moves that fail part way
 are undone, so champion/previous stay as they were; ``rollback`` without a distinct previous
-version says so and changes nothing. Both default to the model the last run registered."""
+version says so and changes nothing. They (and ``serve``) default to the model the last run registered."""
 
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ def test_promote_unknown_version_and_rollback_without_previous_change_nothing(tm
     r = posttrain(["rollback"], state, timeout=300)
     assert r.returncode == 2 and "nothing to roll back to" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert _aliases(trk) == before
+
+    r = posttrain(["serve", "--alias", "staging"], state, timeout=300)  # serve too: the last model by default
+    assert r.returncode == 1 and r.stderr.strip() == f"model {MODEL} has no version with alias 'staging'", r.stderr
 
     _registry_more = trk.register_model(MODEL, str(tmp_path), trk.start_run("deploy-x"), {"model_sha256": "x"})
     r = posttrain(["promote", _registry_more, "--model", MODEL], state, timeout=300)
