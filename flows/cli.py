@@ -256,6 +256,58 @@ def serve(
     typer.echo(json.dumps(info, indent=2))
 
 
+k8s_app = typer.Typer(add_completion=False, help="Kubernetes: render the manifests to run posttrain on a cluster")
+app.add_typer(k8s_app, name="k8s")
+
+
+@k8s_app.command("render")
+def k8s_render(
+    out: Path = typer.Option(..., "--out", help="folder to write the manifests to (created)"),
+    recipe: str = typer.Option("default", help="recipe whose registered model vLLM serves (its champion)"),
+    image: str = typer.Option("ghcr.io/posttrain/posttrain:latest", help="posttrain image for flow runs and Ray pods"),
+    namespace: str = typer.Option("posttrain", help="namespace of every object"),
+    gpus: int = typer.Option(1, help="nvidia.com/gpu limit of a flow-run Job (work-pool variable gpu_count)"),
+    ray_workers: int = typer.Option(2, help="replicas of the RayCluster's GPU worker group"),
+    vllm_replicas: int = typer.Option(2, help="replicas of the vLLM Deployment"),
+    model_uri: Optional[str] = typer.Option(None, help="weights vLLM serves (default: the recipe's champion)"),
+    prefect_api_url: str = typer.Option("http://prefect-server.posttrain.svc:4200/api",
+                                        help="the Prefect API the pods report to"),
+    kubernetes_version: str = typer.Option("1.34.0", help="Kubernetes version the manifests are validated against"),
+) -> None:
+    """Write a Prefect Kubernetes work-pool template (GPU stages), a KubeRay RayCluster, the vLLM
+    Deployment + Service and the Secret the pods read, each validated with kubernetes-validate.
+    Secret values are never written: pods read them from the Secret."""
+    from components.k8s import K8sConfig, ManifestError
+    from components.recipe import load_recipe
+    from components.tracking import Tracker, weights_uri
+    from tasks.k8s import render
+
+    settings = _env()
+    rec = load_recipe(recipe, [])
+    name = rec.deploy.registered_model_name
+    model = None
+    if model_uri:
+        model = (name, "external", model_uri)
+    else:
+        mv = Tracker(settings).version_by_alias(name, "champion")
+        if mv is not None:
+            model = (name, str(mv.version), weights_uri(mv))
+    cfg = K8sConfig(image=image, namespace=namespace, gpus_per_job=gpus, ray_workers=ray_workers,
+                    vllm_replicas=vllm_replicas, prefect_api_url=prefect_api_url)
+    try:
+        files = render(out, settings, cfg, rec.name, model, kubernetes_version)
+    except ManifestError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    for f in files:
+        typer.echo(f"wrote {f}")
+    if model is None:
+        typer.echo(f"no champion of {name} in the registry: vllm.yaml not written (pass --model-uri)")
+    typer.echo(f"valid for Kubernetes {kubernetes_version}. Next: kubectl create namespace {namespace}; fill in "
+               f"and apply {out / 'secret.yaml'}; prefect work-pool create posttrain-gpu --type kubernetes "
+               f"--base-job-template {out / 'prefect-work-pool-gpu.json'}; kubectl apply -f {out / 'raycluster.yaml'}")
+
+
 @app.command()
 def deployments() -> None:
     """List the vLLM servers started by posttrain and whether they are alive."""
