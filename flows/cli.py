@@ -239,7 +239,7 @@ def serve(
 ) -> None:
     """Serve a registry model with vLLM (blue/green: the old server stops only after the new one answers)."""
     from components.artifacts import ArtifactRef
-    from components.recipe import DeployConfig
+    from components.serving.config import DeployConfig
     from components.stages.deploy import serve as do_serve
     from components.tracking import Tracker
     from tasks.common import store

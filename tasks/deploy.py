@@ -18,7 +18,7 @@ def key_for(cfg, evaluation: ArtifactRef, candidates: dict[str, ArtifactRef], li
 def deploy_task(key: str, run_id: str, cfg: dict, evaluation: ArtifactRef, candidates: dict[str, ArtifactRef],
                 lineage: dict, run_lineage: dict | None = None):
     """``lineage`` enters the cache key; ``run_lineage`` (flow run id) only tags the version."""
-    from components.recipe import DeployConfig
+    from components.serving.config import DeployConfig
 
     c = DeployConfig.model_validate(cfg)
     st = store()

@@ -14,7 +14,7 @@ def key_for(cfg, model: ArtifactRef, dataset: ArtifactRef) -> str:
 
 @stage_task("estimate_difficulty", tags=GPU)
 def difficulty_task(key: str, run_id: str, cfg: dict, model: ArtifactRef, dataset: ArtifactRef):
-    from components.recipe import DifficultyStageConfig
+    from components.difficulty.config import DifficultyStageConfig
 
     c = DifficultyStageConfig.model_validate(cfg)
     st = store()

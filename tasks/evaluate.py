@@ -17,7 +17,7 @@ def key_for(cfg, dataset: ArtifactRef, candidates: dict[str, ArtifactRef], champ
 @stage_task("evaluate", tags=GPU)
 def evaluate_task(key: str, run_id: str, cfg: dict, dataset: ArtifactRef, candidates: dict[str, ArtifactRef],
                   champion: ArtifactRef | None = None, champion_is: str | None = None):
-    from components.recipe import EvaluateConfig
+    from components.evaluation.config import EvaluateConfig
 
     c = EvaluateConfig.model_validate(cfg)
     st = store()

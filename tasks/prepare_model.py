@@ -20,7 +20,7 @@ def key_for(cfg) -> str:
 
 @stage_task("prepare_model")
 def prepare_model_task(key: str, run_id: str, cfg: dict):
-    from components.recipe import ModelConfig
+    from components.models import ModelConfig
 
     c = ModelConfig.model_validate(cfg)
     return execute("prepare_model", key, run_id, cfg, "model",
