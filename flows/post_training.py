@@ -21,6 +21,7 @@ from prefect.runtime import flow_run  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from components import runowners  # noqa: E402
+from components.champion import resolve_champion  # noqa: E402
 from components.gc import storage_summary  # noqa: E402
 from components.recipe import (  # noqa: E402
     STAGES,
@@ -58,20 +59,13 @@ def _wanted(stages: list[str] | None) -> int:
 def _champion(rec: Recipe, candidates: dict) -> tuple:
     """The registry's champion: (ref, None), or (None, name) when it is one of this run's
     candidates (same payload digest), or (None, None) when there is none or it is unreachable."""
-    from components.artifacts import ArtifactRef
-
-    mv = tracker().version_by_alias(rec.deploy.registered_model_name, "champion")
-    if mv is None:
+    champ = resolve_champion(tracker(), store(), rec.deploy.registered_model_name)
+    if champ is None:
         return None, None
     for name, ref in candidates.items():
-        if mv.tags.get("model_sha256") == ref.sha256:
+        if champ.ref.sha256 == ref.sha256:
             return None, name
-    ref = ArtifactRef(uri=mv.source, sha256=mv.tags.get("source_sha256", ""), kind="model")
-    try:
-        store().local_path(ref)
-    except (FileNotFoundError, IOError):
-        return None, None
-    return ref, None
+    return champ.ref, None
 
 
 def _reconcile(log) -> None:

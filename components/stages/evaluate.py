@@ -8,7 +8,14 @@ from pathlib import Path
 
 import torch
 
-from components.artifacts import RUN_INFO_DIR, run_info_dir, sha256_dir, split_measurements
+from components.artifacts import (
+    RUN_INFO_DIR,
+    model_folder,
+    run_info_dir,
+    serving_folder,
+    sha256_dir,
+    split_measurements,
+)
 from components.engines.base import SamplingParams
 from components.engines.transformers_engine import engine_for
 from components.evaluation.gate import decide
@@ -16,19 +23,6 @@ from components.evaluation.plots import comparison_table, pareto_plot
 from components.evaluation.runner import CandidateReport, Completion, compare_to_champion, evaluate_candidate
 from components.rl.trainer import RewardScorer, messages_for
 from components.stages.curate import load_split
-
-
-def model_folder(path: Path) -> Path:
-    """Candidates are model folders, or payloads holding one under ``model/`` (RL checkpoints,
-    compressed variants)."""
-    path = Path(path)
-    return path / "model" if (path / "model" / "config.json").exists() else path
-
-
-def serving_folder(path: Path) -> Path:
-    """What vLLM should load: the compressed-tensors export where there is one."""
-    path = Path(path)
-    return path / "compressed" if (path / "compressed" / "config.json").exists() else model_folder(path)
 
 
 def dir_size(path: Path) -> int:
