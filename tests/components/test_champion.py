@@ -54,8 +54,6 @@ def test_local_store_champion_names_payload_dense_and_serving_folders(trk, tmp_p
     assert resolve_champion(trk, store, "local", alias="previous") is None
 
     # A payload removed from the store (state folder cleaned): no usable champion, no error.
-
-
     shutil.rmtree(champ.path)
     assert resolve_champion(trk, store, "local") is None
 
