@@ -1,22 +1,24 @@
 """Task: evaluate all candidates (and the serving champion) and run the promotion gate.
 
-Each model's greedy and sampled passes are kept as small payloads keyed by the model's digest,
-the evaluation config (gate excluded), the eval split's digest and the code version: a model
-evaluated the same way before (the base model of another recipe, a champion that was a
-candidate) is read back instead of evaluated again.
+Each model's greedy and sampled passes are kept as small JSON files in the state folder
+(``cache/evaluate_pass/<key>.json``), keyed by the model's digest, the evaluation config (gate
+excluded), the eval split's digest and the code version: a model evaluated the same way before
+(the base model of another recipe, a champion that was a candidate) is read back instead of
+evaluated again. They are a cache, not payloads: nothing's lineage needs them, so ``posttrain gc``
+leaves them out, and with a remote artifact root each machine keeps its own.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from components.artifacts import ArtifactRef, ArtifactStore
+from components.artifacts import ArtifactRef
 from components.evaluation.config import EvaluateConfig
+from components.settings import get_settings
 from components.stages import evaluate as stage
 from tasks.common import GPU, execute, make_key, stage_task, store
-
-PASS_FILE = "pass.json"
 
 
 def key_for(cfg: EvaluateConfig, dataset: ArtifactRef, candidates: dict[str, ArtifactRef],
@@ -34,32 +36,30 @@ def pass_key(cfg: EvaluateConfig, model_sha256: str, dataset: ArtifactRef, phase
     return make_key("evaluate_pass", conf, {"model": model_sha256, "dataset": dataset}, stage.__name__)
 
 
-class StorePassCache:
-    """:class:`components.stages.evaluate.PassCache` on the artifact store (``evaluate_pass/<key>``)."""
+class FilePassCache:
+    """:class:`components.stages.evaluate.PassCache` as one JSON file per pass under ``folder``."""
 
-    def __init__(self, st: ArtifactStore, cfg: EvaluateConfig, digests: dict[str, str], dataset: ArtifactRef,
+    def __init__(self, folder: Path, cfg: EvaluateConfig, digests: dict[str, str], dataset: ArtifactRef,
                  read: bool = True):
-        self.st, self.cfg, self.digests, self.dataset, self.read = st, cfg, digests, dataset, read
+        self.folder, self.cfg, self.digests, self.dataset, self.read = folder, cfg, digests, dataset, read
 
-    def _relpath(self, name: str, phase: str) -> str:
-        return f"evaluate_pass/{pass_key(self.cfg, self.digests[name], self.dataset, phase)}"
+    def _file(self, name: str, phase: str) -> Path:
+        return self.folder / f"{pass_key(self.cfg, self.digests[name], self.dataset, phase)}.json"
 
     def get(self, name: str, phase: str) -> dict | None:
         if not self.read:
             return None
-        uri = f"{self.st.uri_for(self._relpath(name, phase))}/{PASS_FILE}"
         try:
-            if self.st.remote:
-                return json.loads(self.st.fs.cat_file(uri))
-            return json.loads(Path(uri).read_text())
+            return json.loads(self._file(name, phase).read_text())
         except (FileNotFoundError, ValueError):
             return None
 
     def put(self, name: str, phase: str, value: dict) -> None:
-        relpath = self._relpath(name, phase)
-        work = self.st.workdir(relpath)
-        (work / PASS_FILE).write_text(json.dumps(value))
-        self.st.commit(work, relpath, kind="evaluation_pass", meta={"phase": phase})
+        path = self._file(name, phase)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(value))
+        tmp.replace(path)  # atomic: a concurrent reader sees the whole file or none
 
 
 @stage_task("evaluate", key=key_for, tags=GPU)
@@ -71,7 +71,8 @@ def evaluate_task(run_id: str, cfg: EvaluateConfig, dataset: ArtifactRef, candid
     digests = {n: r.sha256 for n, r in candidates.items()}
     if champion is not None:
         digests["champion"] = champion.sha256
-    cache = StorePassCache(st, cfg, digests, dataset, read=not cfg.refresh)
+    cache = FilePassCache(get_settings().state_path / "cache" / "evaluate_pass", cfg, digests, dataset,
+                          read=not cfg.refresh)
     return execute("evaluate", key_for(cfg, dataset, candidates, champion), run_id,
                    cfg.model_dump(mode="json", exclude={"refresh"}), "evaluation",
                    lambda out, ctx: stage.run(cfg, paths, st.local_path(dataset), out, ctx, champion=champ,

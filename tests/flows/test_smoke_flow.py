@@ -146,3 +146,18 @@ def test_evaluation_reuses_passes_by_model_digest_and_skips_sampling_after_a_fai
                                                               **{n: "skipped" for n in contenders}}
     assert all(p["greedy"] == "cached" for p in passes_c.values())  # the gate is not part of a pass's key
     assert c["stages"]["evaluate"]["decision"].startswith("no candidate passed the gate")
+
+
+def test_an_rl_segment_whose_payload_vanished_is_recomputed(flow_env):
+    import shutil
+
+    from flows.post_training import post_training
+
+    first = post_training(recipe="smoke", stages=["rl_train"])
+    last = Path(first["stages"]["rl_train"]["outputs"]["checkpoint"]["uri"])
+    shutil.rmtree(last)  # the last segment's payload, gone from the artifact store
+    again = post_training(recipe="smoke", stages=["rl_train"])
+    assert again["stages"]["rl_train"]["cached"] is False  # its cache record alone is not a hit
+    assert again["stages"]["rl_train"]["metrics"]["segments_cached"] == again["stages"]["rl_train"]["metrics"]["segments"] - 1
+    assert again["stages"]["rl_train"]["outputs"] == first["stages"]["rl_train"]["outputs"]  # same weights again
+    assert (last / "model" / "config.json").exists()
