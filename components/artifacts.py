@@ -84,6 +84,20 @@ def sha256_dir(path: Path) -> str:
     return h.hexdigest()
 
 
+# A payload's layout: RL checkpoints and compressed variants keep dense transformers weights under
+# ``model/``; a compressed variant adds its compressed-tensors export under ``compressed/``.
+def model_folder(path: Path) -> Path:
+    """Dense transformers weights of a payload: ``model/`` when it has one, else the folder itself."""
+    path = Path(path)
+    return path / "model" if (path / "model" / "config.json").exists() else path
+
+
+def serving_folder(path: Path) -> Path:
+    """What vLLM should load: the compressed-tensors export where there is one, else the dense weights."""
+    path = Path(path)
+    return path / "compressed" if (path / "compressed" / "config.json").exists() else model_folder(path)
+
+
 class ArtifactStore:
     def __init__(self, root: str, cache_dir: Path, storage_options: dict | None = None):
         self.root = root.rstrip("/")

@@ -11,13 +11,42 @@ import os
 import shutil
 import string
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+class TinyModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hidden_size: int = Field(64, description="model width of the tiny random model")
+    num_layers: int = Field(2, description="decoder layers")
+    num_heads: int = Field(4, description="attention heads")
+    num_kv_heads: int = Field(2, description="key/value heads (grouped-query attention)")
+    intermediate_size: int = Field(128, description="MLP width")
+
+
+class ModelConfig(BaseModel):
+    """Which base policy to start from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(
+        "embedded:smollm2",
+        description="embedded:smollm2 | tiny-random | a local checkpoint folder | a hub id",
+    )
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="shape of the model when source is tiny-random")
+    seed: int = Field(0, description="initialisation seed of the tiny random model")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: float32 on CPU (no native bf16), bfloat16 on CUDA"
+    )
+    refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")
 
 
 class ModelSourceError(RuntimeError):

@@ -14,19 +14,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from components.compression.config import VariantConfig, parse_variant
+from components.compression.config import CompressConfig
 from components.data.config import CurateConfig
-from components.difficulty.estimate import EstimateConfig
-from components.difficulty.selection import SelectionConfig
-from components.evaluation.gate import GateConfig
-from components.evaluation.runner import EvalConfig
+from components.difficulty.config import DifficultyStageConfig
+from components.evaluation.config import EvaluateConfig
+from components.models import ModelConfig
 from components.rl.length import LengthScheduleConfig
 from components.rl.losses import LossConfig
 from components.rl.partial import PartialRolloutConfig
 from components.rl.rollout_engine import RolloutVLLMConfig
-from components.serving.vllm_server import VLLMOptions
+from components.serving.config import DeployConfig
 
 STAGES = ("curate", "estimate_difficulty", "rl_train", "compress", "evaluate", "deploy")
 
@@ -37,43 +36,6 @@ class RecipeError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class TinyModelConfig(_Strict):
-    hidden_size: int = Field(64, description="model width of the tiny random model")
-    num_layers: int = Field(2, description="decoder layers")
-    num_heads: int = Field(4, description="attention heads")
-    num_kv_heads: int = Field(2, description="key/value heads (grouped-query attention)")
-    intermediate_size: int = Field(128, description="MLP width")
-
-
-class ModelConfig(_Strict):
-    """Which base policy to start from."""
-
-    source: str = Field(
-        "embedded:smollm2",
-        description="embedded:smollm2 | tiny-random | a local checkpoint folder | a hub id",
-    )
-    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="shape of the model when source is tiny-random")
-    seed: int = Field(0, description="initialisation seed of the tiny random model")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="auto: float32 on CPU (no native bf16), bfloat16 on CUDA"
-    )
-    refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")
-
-
-class DifficultyStageConfig(EstimateConfig):
-    """Offline estimate settings plus the selection policy applied when RL samples prompts.
-
-    The estimate's cache key covers only what changes the estimate (sampling settings,
-    prior, buckets), so recipes that differ elsewhere reuse it.
-    """
-
-    selection: SelectionConfig = Field(default_factory=SelectionConfig,
-                                       description="which prompts RL samples, and in what order")
-    batch_prompts: int = Field(32, ge=1, description="prompts per generation call")
-    enabled: bool = Field(True, description="false: skip the estimate; RL draws from every curated prompt")
-    refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")
 
 
 class LoRAConfig(_Strict):
@@ -149,33 +111,6 @@ class RLConfig(_Strict):
         if self.partial.enabled and self.engine != "transformers":
             raise ValueError("partial.enabled needs engine: transformers (it continues token prefixes in process)")
         return self
-
-
-class CompressConfig(_Strict):
-    variants: list[VariantConfig] = Field(
-        default_factory=list, description="variants to build, e.g. rtn-w8, gptq-w4g64, wanda-2:4 (or full objects)")
-    calibration_samples: int = Field(64, ge=1, description="calibration prompts (GPTQ, Wanda)")
-    calibration_seq_len: int = Field(64, ge=8, description="tokens per calibration prompt")
-    refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")
-
-    @field_validator("variants", mode="before")
-    @classmethod
-    def _parse_short(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            return [parse_variant(x) if isinstance(x, str) else x for x in v]
-        return v
-
-
-class EvaluateConfig(EvalConfig):
-    gate: GateConfig = Field(default_factory=GateConfig, description="promotion gate against the champion")
-
-
-class DeployConfig(_Strict):
-    registered_model_name: str = Field("posttrain-policy", description="MLflow registered model name")
-    serve: bool = Field(False, description="start a vLLM server for the champion (needs make vllm)")
-    port: int = Field(8100, description="first of the two blue/green ports")
-    vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="server sizes/precision for serve")
-    refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")
 
 
 class Recipe(_Strict):

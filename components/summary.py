@@ -89,7 +89,7 @@ def build_summary(flow_run_id: str, mlflow_run_id: str, results: dict, cached: d
             "key_figures": key_figures(name, res.metrics, res.info),
             "mlflow_run_id": res.info.get("mlflow_run_id"),
         }
-        for extra in ("decision", "deployment"):
+        for extra in ("decision", "deployment", "passes"):
             if extra in res.info:
                 stages[name][extra] = res.info[extra]
     return {"flow_run_id": flow_run_id, "mlflow_run_id": mlflow_run_id, "seconds": seconds, "stages": stages}

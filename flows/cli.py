@@ -238,21 +238,21 @@ def serve(
     port: int = typer.Option(8100, help="first of the two blue/green ports (127.0.0.1)"),
 ) -> None:
     """Serve a registry model with vLLM (blue/green: the old server stops only after the new one answers)."""
-    from components.artifacts import ArtifactRef
-    from components.recipe import DeployConfig
+    from components.champion import resolve_champion
+    from components.serving.config import DeployConfig
     from components.stages.deploy import serve as do_serve
-    from components.tracking import Tracker, weights_uri
+    from components.tracking import Tracker
     from tasks.common import store
 
     settings = _env()
     trk = Tracker(settings)
     model = _model_name(trk, model)
-    mv = trk.version_by_alias(model, alias)
-    if mv is None:
-        typer.echo(f"model {model} has no version with alias {alias!r}", err=True)
+    champ = resolve_champion(trk, store(), model, alias)
+    if champ is None:
+        typer.echo(f"model {model} has no version with alias {alias!r} whose weights are reachable", err=True)
         raise typer.Exit(1)
-    path = store().local_path(ArtifactRef(uri=weights_uri(mv), sha256=mv.tags.get("source_sha256", ""), kind="model"))
-    info = do_serve(DeployConfig(registered_model_name=model, port=port), settings.state_path, path, str(mv.version), model)
+    info = do_serve(DeployConfig(registered_model_name=model, port=port), settings.state_path, champ.serving_dir,
+                    champ.version, model)
     typer.echo(json.dumps(info, indent=2))
 
 

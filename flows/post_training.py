@@ -21,6 +21,7 @@ from prefect.runtime import flow_run  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from components import runowners  # noqa: E402
+from components.champion import resolve_champion  # noqa: E402
 from components.gc import storage_summary  # noqa: E402
 from components.recipe import (  # noqa: E402
     STAGES,
@@ -29,7 +30,6 @@ from components.recipe import (  # noqa: E402
     apply_override,
     format_validation_error,
     load_recipe,
-    stage_config,
 )
 from components.run_params import Override, StageName, recipe_choices, recipe_name_type  # noqa: E402
 from components.stages.context import StageResult  # noqa: E402
@@ -58,21 +58,13 @@ def _wanted(stages: list[str] | None) -> int:
 def _champion(rec: Recipe, candidates: dict) -> tuple:
     """The registry's champion: (ref, None), or (None, name) when it is one of this run's
     candidates (same payload digest), or (None, None) when there is none or it is unreachable."""
-    from components.artifacts import ArtifactRef
-    from components.tracking import weights_uri
-
-    mv = tracker().version_by_alias(rec.deploy.registered_model_name, "champion")
-    if mv is None:
+    champ = resolve_champion(tracker(), store(), rec.deploy.registered_model_name)
+    if champ is None:
         return None, None
     for name, ref in candidates.items():
-        if mv.tags.get("model_sha256") == ref.sha256:
+        if champ.ref.sha256 == ref.sha256:
             return None, name
-    ref = ArtifactRef(uri=weights_uri(mv), sha256=mv.tags.get("source_sha256", ""), kind="model")
-    try:
-        store().local_path(ref)
-    except (FileNotFoundError, IOError):
-        return None, None
-    return ref, None
+    return champ.ref, None
 
 
 def _reconcile(log) -> None:
@@ -169,66 +161,14 @@ def post_training(recipe: RecipeName = "smoke", overrides: list[Override] | None
     results: dict[str, StageResult] = {}
     cached: dict[str, bool] = {}
 
-    def stage(name: str, task_fn, key: str, refresh: bool, **kw) -> StageResult:
-        res, hit = run_stage(task_fn, stage=name, key=key, parent_run_id=parent, refresh=refresh, **kw)
+    def stage(name: str, task_fn, refresh: bool, **inputs) -> StageResult:
+        res, hit = run_stage(task_fn, stage=name, parent_run_id=parent, refresh=refresh, **inputs)
         results[name], cached[name] = res, hit
         return res
 
     status = "FAILED"
     try:
-        m = stage("prepare_model", model_t.prepare_model_task, model_t.key_for(rec.model), rec.model.refresh,
-                  cfg=rec.model.model_dump(mode="json"))
-        model = m.outputs["model"]
-        d = stage("curate", curate_t.curate_task, curate_t.key_for(rec.curate, model), rec.curate.refresh,
-                  cfg=stage_config(rec, "curate"), model=model)
-        dataset = d.outputs["dataset"]
-        difficulty = None
-        if last >= 1 and rec.estimate_difficulty.enabled:
-            e = stage("estimate_difficulty", difficulty_t.difficulty_task,
-                      difficulty_t.key_for(rec.estimate_difficulty, model, dataset),
-                      rec.estimate_difficulty.refresh, cfg=rec.estimate_difficulty.model_dump(mode="json"),
-                      model=model, dataset=dataset)
-            difficulty = e.outputs["difficulty"]
-        if last >= 2:
-            with reporting("rl_train") as (rep, _owner):  # the subflow reports into this one
-                r = rl_train_flow(cfg=stage_config(rec, "rl_train"),
-                                  selection=rec.estimate_difficulty.selection.model_dump(mode="json"),
-                                  model=model, dataset=dataset, difficulty=difficulty, parent_run_id=parent,
-                                  refresh=rec.rl_train.refresh)
-                results["rl_train"], cached["rl_train"] = r, bool(r.info.get("cached"))
-                rep.end(cached["rl_train"], r.metrics, r.info)
-            checkpoint = r.outputs["checkpoint"]
-            candidates = {"base": model, "rl": checkpoint}
-            if last >= 3:
-                for v in rec.compress.variants:
-                    c = stage(f"compress:{v.name}", compress_t.compress_task,
-                              compress_t.key_for(v, rec.compress.calibration_samples,
-                                                 rec.compress.calibration_seq_len, checkpoint, dataset),
-                              rec.compress.refresh, run_name=f"compress-{v.name}",
-                              variant=v.model_dump(mode="json"), calib_n=rec.compress.calibration_samples,
-                              seq_len=rec.compress.calibration_seq_len, checkpoint=checkpoint, dataset=dataset)
-                    candidates[v.name] = c.outputs["compressed"]
-            if last >= 4:
-                champ, champ_is = _champion(rec, candidates)
-                # A champion that is one of this run's candidates adds no new evidence, so it
-                # does not change evaluate's key (the rerun of an unchanged recipe is a cache hit).
-                champ_key = champ.sha256 if champ else None
-                ev = stage("evaluate", evaluate_t.evaluate_task,
-                           evaluate_t.key_for(rec.evaluate, dataset, candidates, champ_key),
-                           rec.evaluate.refresh, cfg=stage_config(rec, "evaluate"), dataset=dataset,
-                           candidates=candidates, champion=champ, champion_is=champ_is)
-                if last >= 5:
-                    lineage = {
-                        "recipe": rec.name, "recipe_digest": rec.digest(), "dataset_sha256": dataset.sha256,
-                        "difficulty_sha256": difficulty.sha256 if difficulty else "",
-                        "rl_checkpoint_sha256": checkpoint.sha256, "base_model_sha256": model.sha256,
-                        **{f"eval.{k}": round(v, 4) for k, v in ev.metrics.items() if not k.startswith("champion.")},
-                    }
-                    stage("deploy", deploy_t.deploy_task,
-                          deploy_t.key_for(rec.deploy, ev.outputs["evaluation"], candidates, lineage),
-                          rec.deploy.refresh, cfg=stage_config(rec, "deploy"), evaluation=ev.outputs["evaluation"],
-                          candidates=candidates, lineage=lineage,
-                          run_lineage={"prefect_flow_run_id": fr_id, "mlflow_parent_run_id": parent})
+        _chain(rec, last, stage, results, cached, {"prefect_flow_run_id": fr_id, "mlflow_parent_run_id": parent})
         status = "FINISHED"
     finally:
         summary = build_summary(fr_id, parent, results, cached, time.perf_counter() - t_start)
@@ -238,6 +178,47 @@ def post_training(recipe: RecipeName = "smoke", overrides: list[Override] | None
         except OSError as e:
             log.warning("could not remove this run's owner record: %s", e)
     return summary
+
+
+def _chain(rec: Recipe, last: int, stage, results: dict, cached: dict, run_lineage: dict) -> None:
+    """The stages in order, up to stage index ``last``; ``stage`` runs one cached task."""
+    model = stage("prepare_model", model_t.prepare_model_task, rec.model.refresh, cfg=rec.model).outputs["model"]
+    dataset = stage("curate", curate_t.curate_task, rec.curate.refresh, cfg=rec.curate, model=model).outputs["dataset"]
+    difficulty = None
+    if last >= 1 and rec.estimate_difficulty.enabled:
+        difficulty = stage("estimate_difficulty", difficulty_t.difficulty_task, rec.estimate_difficulty.refresh,
+                           cfg=rec.estimate_difficulty, model=model, dataset=dataset).outputs["difficulty"]
+    if last >= 2:
+        with reporting("rl_train") as (rep, _owner):  # the subflow reports into this one
+            r = rl_train_flow(cfg=rec.rl_train, selection=rec.estimate_difficulty.selection, model=model,
+                              dataset=dataset, difficulty=difficulty, parent_run_id=run_lineage["mlflow_parent_run_id"],
+                              refresh=rec.rl_train.refresh)
+            results["rl_train"], cached["rl_train"] = r, bool(r.info.get("cached"))
+            rep.end(cached["rl_train"], r.metrics, r.info)
+        checkpoint = r.outputs["checkpoint"]
+        candidates = {"base": model, "rl": checkpoint}
+        if last >= 3:
+            for v in rec.compress.variants:
+                c = stage(f"compress:{v.name}", compress_t.compress_task, rec.compress.refresh,
+                          run_name=f"compress-{v.name}", variant=v, calib_n=rec.compress.calibration_samples,
+                          seq_len=rec.compress.calibration_seq_len, checkpoint=checkpoint, dataset=dataset)
+                candidates[v.name] = c.outputs["compressed"]
+        if last >= 4:
+            # A champion that is one of this run's candidates adds no new evidence, so it
+            # does not change evaluate's key (the rerun of an unchanged recipe is a cache hit).
+            champ, champ_is = _champion(rec, candidates)
+            ev = stage("evaluate", evaluate_t.evaluate_task, rec.evaluate.refresh, cfg=rec.evaluate,
+                       dataset=dataset, candidates=candidates, champion=champ, champion_is=champ_is)
+            if last >= 5:
+                lineage = {
+                    "recipe": rec.name, "recipe_digest": rec.digest(), "dataset_sha256": dataset.sha256,
+                    "difficulty_sha256": difficulty.sha256 if difficulty else "",
+                    "rl_checkpoint_sha256": checkpoint.sha256, "base_model_sha256": model.sha256,
+                    **{f"eval.{k}": round(v, 4) for k, v in ev.metrics.items() if not k.startswith("champion.")},
+                }
+                stage("deploy", deploy_t.deploy_task, rec.deploy.refresh, cfg=rec.deploy,
+                      evaluation=ev.outputs["evaluation"], candidates=candidates, lineage=lineage,
+                      run_lineage=run_lineage)
 
 
 def _reward_curve_to_parent(trk, parent: str, rl: StageResult | None) -> None:

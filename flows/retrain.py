@@ -17,14 +17,11 @@ from pathlib import Path  # noqa: E402
 
 from prefect import flow, get_run_logger  # noqa: E402
 
+from components.champion import resolve_champion  # noqa: E402
 from components.recipe import load_recipe  # noqa: E402
 from components.run_params import Override, StageName, recipe_choices, recipe_name_type  # noqa: E402
 from flows.post_training import post_training  # noqa: E402
 from tasks.common import store, tracker  # noqa: E402
-
-# A registered source is a candidate payload or a subfolder of one (RL checkpoints and
-# compressed variants keep their dense transformers weights under ``model/``).
-_SUBFOLDERS = ("model", "compressed")
 
 
 def champion_model_dir(registered_model_name: str) -> Path | None:
@@ -33,23 +30,10 @@ def champion_model_dir(registered_model_name: str) -> Path | None:
     A compressed champion is retrained from its dense (fake-quantized / pruned) twin: that is
     the model being served, in the format the trainer loads.
     """
-    from components.artifacts import ArtifactRef
-    from components.stages.evaluate import model_folder
-    from components.tracking import weights_uri
-
-    mv = tracker().version_by_alias(registered_model_name, "champion")
-    if mv is None:
+    champ = resolve_champion(tracker(), store(), registered_model_name)
+    if champ is None or not (champ.model_dir / "config.json").exists():
         return None
-    uri = weights_uri(mv).rstrip("/")
-    head, _, last = uri.rpartition("/")
-    if last in _SUBFOLDERS and head:
-        uri = head
-    try:
-        path = store().local_path(ArtifactRef(uri=uri, sha256=mv.tags.get("model_sha256", ""), kind="model"))
-    except (FileNotFoundError, IOError):
-        return None
-    folder = model_folder(path)
-    return folder if (folder / "config.json").exists() else None
+    return champ.model_dir
 
 
 RecipeName = recipe_name_type(recipe_choices())

@@ -9,22 +9,21 @@ from __future__ import annotations
 from prefect import flow
 
 from components.artifacts import ArtifactRef
+from components.difficulty.selection import SelectionConfig
+from components.recipe import RLConfig
 from components.stages.context import StageResult
 from components.stages.rl import segments
-from tasks.common import reporting, tracker, was_cached
-from tasks.rl import replay_history, rl_segment_task, segment_key
+from tasks.common import call_stage_task, reporting, tracker
+from tasks.rl import replay_history, rl_segment_task
 
 
 @flow(name="rl-train", log_prints=True)
-def rl_train_flow(cfg: dict, selection: dict, model: ArtifactRef, dataset: ArtifactRef,
+def rl_train_flow(cfg: RLConfig, selection: SelectionConfig, model: ArtifactRef, dataset: ArtifactRef,
                   difficulty: ArtifactRef | None, parent_run_id: str, refresh: bool = False) -> StageResult:
-    from components.difficulty.selection import SelectionConfig
-    from components.recipe import RLConfig
-
-    c, sel = RLConfig.model_validate(cfg), SelectionConfig.model_validate(selection)
     trk = tracker()
     run_id = trk.start_run("rl_train", parent_run_id, tags={"stage": "rl_train"})
-    trk.log_params(run_id, {**cfg, "selection": selection})
+    trk.log_params(run_id, {**cfg.model_dump(mode="json", exclude={"refresh"}),
+                            "selection": selection.model_dump(mode="json")})
     prev: ArtifactRef | None = None
     all_cached = True
     n_cached = 0
@@ -35,17 +34,14 @@ def rl_train_flow(cfg: dict, selection: dict, model: ArtifactRef, dataset: Artif
     # each segment's 0..1 progress is mapped onto its share of the steps.
     with reporting("rl_train") as (rep, owner):
         try:
-            for start, end in segments(c):
-                rep.span = (start / c.steps, end / c.steps)
-                key = segment_key(c, sel, start, end, model, dataset, difficulty, prev)
-                keys.append(key)
-                fn = rl_segment_task.with_options(task_run_name=f"rl_segment[{start}-{end}]")
-                fn = fn.with_options(refresh_cache=True) if refresh else fn
-                state = fn(key=key, run_id=run_id, cfg=cfg, selection=selection, start=start, end=end, model=model,
-                           dataset=dataset, difficulty=difficulty, prev=prev, return_state=True)
-                res: StageResult = state.result()
+            for start, end in segments(cfg):
+                rep.span = (start / cfg.steps, end / cfg.steps)
+                res, hit = call_stage_task(rl_segment_task, f"rl_segment:{start}-{end}", run_id, refresh,
+                                           cfg=cfg, selection=selection, start=start, end=end, model=model,
+                                           dataset=dataset, difficulty=difficulty, prev=prev)
+                keys.append(res.key)
                 prev = res.outputs["checkpoint"]
-                if was_cached(state):
+                if hit:
                     n_cached += 1
                     replay_history(run_id, prev, start, end)
                     rep.update(f"segment {start}-{end} cached", 1.0)

@@ -1,9 +1,10 @@
 """What every stage task shares: cache keys, the MLflow child run, artifacts, Prefect artifacts.
 
-A stage task receives its explicit cache ``key`` (computed by ``stage_key`` from the stage
-config, upstream digests, code version and cache_version) plus handles; its cache policy
-returns that key, so identical inputs are a cache hit across runs and processes. Parameters
-that must not affect caching (the MLflow run id) are not in the key.
+A stage task takes its inputs once (typed configs and upstream handles) and owns a key function
+over them (``stage_task(name, key=...)``: ``stage_key`` of the stage config, upstream digests,
+code version and cache_version); its cache policy calls that function on the task's
+parameters, so identical inputs are a cache hit across runs and processes. Parameters the key
+function does not name (the MLflow run id) do not affect caching.
 
 Two runs that reach the same key at once do the work once: the policy runs each stage in a
 SERIALIZABLE transaction whose lock is a file in the state folder, so the second run waits and
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import inspect
 import logging
 import os
 import re
@@ -57,8 +59,18 @@ def _apply_log_levels() -> None:
 _apply_log_levels()
 
 
-def key_from_params(_context, parameters: dict) -> str:
-    return parameters["key"]
+def task_key(task: Task, parameters: dict[str, Any]) -> str:
+    """The cache key of ``task`` for these parameters: its key function applied to the parameters
+    it names (the rest, such as ``run_id``, never enter the key)."""
+    key_fn = getattr(task.fn, "stage_key", None)
+    if key_fn is None:
+        raise TypeError(f"task {task.name} has no key function: declare it with stage_task(name, key=...)")
+    names = inspect.signature(key_fn).parameters
+    return key_fn(**{k: v for k, v in parameters.items() if k in names})
+
+
+def key_from_params(context, parameters: dict) -> str:
+    return task_key(context.task, parameters)
 
 
 def make_key(stage: str, config: dict, upstream: dict[str, ArtifactRef | str | None], module: str) -> str:
@@ -341,13 +353,13 @@ class StageTask(Task):
 GPU: tuple[str, ...] = ("gpu",)
 
 
-def stage_task(name: str, timeout_s: float | None = None, tags: tuple[str, ...] = ()):
-    """Decorator: a Prefect task cached by its explicit ``key`` parameter, result persisted.
-
-    ``tags`` go to Prefect (e.g. ``gpu``, for a tag concurrency limit).
+def stage_task(name: str, key: Callable[..., str], timeout_s: float | None = None, tags: tuple[str, ...] = ()):
+    """Decorator: a Prefect task cached by ``key`` (a function of some of the task's parameters,
+    by name), result persisted. ``tags`` go to Prefect (e.g. ``gpu``, for a tag concurrency limit).
     """
 
     def wrap(fn) -> StageTask:
+        fn.stage_key = key
         return StageTask(
             fn=fn,
             name=name,
@@ -371,32 +383,40 @@ def task_run_name(label: str) -> str:
     return f"{stage}[{variant}]" if variant else stage
 
 
-def run_stage(task_fn, *, stage: str, key: str, parent_run_id: str, refresh: bool = False,
+def call_stage_task(task_fn: Task, label: str, run_id: str, refresh: bool = False,
+                    **kwargs) -> tuple[StageResult, bool]:
+    """Call a stage task (its task run named after ``label``) and say whether it was a cache hit.
+    A hit whose payload has vanished from the artifact store is recomputed."""
+    named = task_fn.with_options(task_run_name=task_run_name(label))
+    fn = named.with_options(refresh_cache=True) if refresh else named
+    state = fn(run_id=run_id, return_state=True, **kwargs)
+    result: StageResult = state.result()
+    cached = was_cached(state)
+    if cached and not all(store().exists(r) for r in result.outputs.values()):
+        state = named.with_options(refresh_cache=True)(run_id=run_id, return_state=True, **kwargs)
+        result, cached = state.result(), False
+    return result, cached
+
+
+def run_stage(task_fn, *, stage: str, parent_run_id: str, refresh: bool = False,
               run_name: str | None = None, **kwargs) -> tuple[StageResult, bool]:
     """Orchestration helper used by flows: child run, task call, cache-hit bookkeeping.
 
-    On a cache hit the task body never runs, so the child run is tagged ``cache_hit=true``
-    and given the cached figures here. A hit whose payload has vanished from the artifact
-    store is recomputed. The stage is reported (terminal, Prefect logs, progress artifact)
+    ``kwargs`` are the task's inputs, given once: the task derives its cache key from them. On a
+    cache hit the task body never runs, so the child run is tagged ``cache_hit=true`` and given
+    the cached figures here. The stage is reported (terminal, Prefect logs, progress artifact)
     under its label ``stage``.
     """
     trk = tracker()
     run_id = trk.start_run(run_name or stage, parent_run_id, tags={"stage": stage})
-    named = task_fn.with_options(task_run_name=task_run_name(stage))
-    fn = named.with_options(refresh_cache=True) if refresh else named
     with reporting(stage) as (rep, _owner):
         try:
-            state = fn(key=key, run_id=run_id, return_state=True, **kwargs)
-            result: StageResult = state.result()
-            cached = was_cached(state)
-            if cached and not all(store().exists(r) for r in result.outputs.values()):
-                state = named.with_options(refresh_cache=True)(key=key, run_id=run_id, return_state=True, **kwargs)
-                result, cached = state.result(), False
+            result, cached = call_stage_task(task_fn, stage, run_id, refresh, **kwargs)
         except BaseException:
             trk.end_run(run_id, "FAILED")
             raise
         if cached:
-            trk.set_tags(run_id, {"cache_hit": "true", "cache_key": key})
+            trk.set_tags(run_id, {"cache_hit": "true", "cache_key": result.key})
             trk.log_metrics(run_id, result.metrics)
         trk.end_run(run_id)
         result.info["mlflow_run_id"] = run_id

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from components.artifacts import ArtifactRef
+from components.data.config import CurateConfig
 from components.stages import curate as stage
 from tasks.common import execute, make_key, stage_task, store
 
 
-def key_for(cfg, model: ArtifactRef) -> str:
+def key_for(cfg: CurateConfig, model: ArtifactRef) -> str:
     # The tokenizer (length filter) is the only part of the model curation depends on,
     # but the model digest is a safe, simple stand-in.
     return make_key("curate", cfg.model_dump(mode="json", exclude={"refresh"}), {"model": model}, stage.__name__)
 
 
-@stage_task("curate")
-def curate_task(key: str, run_id: str, cfg: dict, model: ArtifactRef):
-    from components.data.config import CurateConfig
-
-    c = CurateConfig.model_validate(cfg)
+@stage_task("curate", key=key_for)
+def curate_task(run_id: str, cfg: CurateConfig, model: ArtifactRef):
     model_dir = store().local_path(model)
-    return execute("curate", key, run_id, cfg, "dataset", lambda out, ctx: stage.run(c, model_dir, out, ctx))
+    return execute("curate", key_for(cfg, model), run_id, cfg.model_dump(mode="json", exclude={"refresh"}),
+                   "dataset", lambda out, ctx: stage.run(cfg, model_dir, out, ctx))

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.artifacts import sha256_dir
+from components.models import ModelConfig
 from components.stages import prepare_model as stage
 from tasks.common import execute, make_key, stage_task
 
 
-def key_for(cfg) -> str:
+def key_for(cfg: ModelConfig) -> str:
     conf = cfg.model_dump(mode="json", exclude={"refresh"})
     upstream = {}
     src = Path(cfg.source).expanduser()
@@ -18,10 +19,7 @@ def key_for(cfg) -> str:
     return make_key("prepare_model", conf, upstream, stage.__name__)
 
 
-@stage_task("prepare_model")
-def prepare_model_task(key: str, run_id: str, cfg: dict):
-    from components.recipe import ModelConfig
-
-    c = ModelConfig.model_validate(cfg)
-    return execute("prepare_model", key, run_id, cfg, "model",
-                   lambda out, ctx: stage.run(c, out, ctx), meta={"source": c.source})
+@stage_task("prepare_model", key=key_for)
+def prepare_model_task(run_id: str, cfg: ModelConfig):
+    return execute("prepare_model", key_for(cfg), run_id, cfg.model_dump(mode="json"), "model",
+                   lambda out, ctx: stage.run(cfg, out, ctx), meta={"source": cfg.source})

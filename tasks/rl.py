@@ -3,35 +3,34 @@
 from __future__ import annotations
 
 from components.artifacts import ArtifactRef
+from components.difficulty.selection import SelectionConfig
+from components.recipe import RLConfig
 from components.stages import rl as stage
 from components.summary import RL_HEADLINE, with_aliases
 from tasks.common import GPU, execute, make_key, stage_task, store
 
 
-def segment_key(cfg, selection, start: int, end: int, model: ArtifactRef, dataset: ArtifactRef,
-                difficulty: ArtifactRef | None, prev: ArtifactRef | None) -> str:
+def segment_key(cfg: RLConfig, selection: SelectionConfig, start: int, end: int, model: ArtifactRef,
+                dataset: ArtifactRef, difficulty: ArtifactRef | None, prev: ArtifactRef | None) -> str:
     conf = {"rl": cfg.model_dump(mode="json", exclude={"refresh"}),
             "selection": selection.model_dump(mode="json"), "segment": [start, end]}
     return make_key("rl_segment", conf, {"model": model, "dataset": dataset, "difficulty": difficulty,
                                          "prev": prev}, stage.__name__)
 
 
-@stage_task("rl_segment", tags=GPU)
-def rl_segment_task(key: str, run_id: str, cfg: dict, selection: dict, start: int, end: int,
+@stage_task("rl_segment", key=segment_key, tags=GPU)
+def rl_segment_task(run_id: str, cfg: RLConfig, selection: SelectionConfig, start: int, end: int,
                     model: ArtifactRef, dataset: ArtifactRef, difficulty: ArtifactRef | None,
                     prev: ArtifactRef | None):
-    from components.difficulty.selection import SelectionConfig
-    from components.recipe import RLConfig
-
-    c, sel = RLConfig.model_validate(cfg), SelectionConfig.model_validate(selection)
     st = store()
     paths = {n: (st.local_path(r) if r is not None else None)
              for n, r in {"model": model, "dataset": dataset, "difficulty": difficulty, "prev": prev}.items()}
     conf = {"segment_start": start, "segment_end": end}
     return execute(
-        "rl_train", key, run_id, conf, "checkpoint",
-        lambda out, ctx: stage.run(c, sel, paths["model"], paths["dataset"], paths["difficulty"], paths["prev"],
-                                   start, end, out, ctx),
+        "rl_train", segment_key(cfg, selection, start, end, model, dataset, difficulty, prev), run_id, conf,
+        "checkpoint",
+        lambda out, ctx: stage.run(cfg, selection, paths["model"], paths["dataset"], paths["difficulty"],
+                                   paths["prev"], start, end, out, ctx),
         meta={"step": end}, log_summary=False, metric_aliases=RL_HEADLINE,
     )
 

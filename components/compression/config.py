@@ -13,7 +13,7 @@ e.g. ``wanda-2:4+rtn-w8`` or ``gptq-w4g64+mp1``.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -163,3 +163,20 @@ def parse_variant(spec: str) -> VariantConfig:
                 "'rtn-w8', 'rtn-w8a8', 'gptq-w4g64', 'gptq-w4-asym-act' or 'mp1', joined with '+'"
             )
     return VariantConfig(**fields)
+
+
+class CompressConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    variants: list[VariantConfig] = Field(
+        default_factory=list, description="variants to build, e.g. rtn-w8, gptq-w4g64, wanda-2:4 (or full objects)")
+    calibration_samples: int = Field(64, ge=1, description="calibration prompts (GPTQ, Wanda)")
+    calibration_seq_len: int = Field(64, ge=8, description="tokens per calibration prompt")
+    refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _parse_short(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [parse_variant(x) if isinstance(x, str) else x for x in v]
+        return v

@@ -167,3 +167,19 @@ def decide(
     return GateDecision(
         chosen=best.name, reasons=reasons, passed=[c.name for c in passing], frontier=frontier, summary=summary
     )
+
+
+def greedy_gate_failures(
+    cand: CandidateReport,
+    champion: CandidateReport | None,
+    base: CandidateReport | None,
+    cfg: GateConfig,
+) -> list[str]:
+    """The gate's failing checks that the sampled pass cannot change (``cand`` has its greedy pass
+    only): the metric when it is ``greedy_pass1``, negative flips, determinism, size. A candidate
+    with any of these fails the gate whatever it samples, so its sampled pass can be skipped."""
+    if cfg.metric != "greedy_pass1":  # the metric and the gain over base need the sampled pass
+        cfg = cfg.model_copy(update={"metric": "greedy_pass1", "tolerance": math.inf,
+                                     "min_improvement_over_base": None})
+    reasons, _ok = _check(cand, champion, base, cfg)
+    return [r[len("fail: "):] for r in reasons if r.startswith("fail: ")]

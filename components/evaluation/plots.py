@@ -144,6 +144,7 @@ def comparison_table(reports: list[CandidateReport]) -> list[dict[str, Any]]:
             "deterministic": r.deterministic,
             "negative_flips": r.negative_flips,
             "positive_flips": r.positive_flips,
+            "sampled": r.sampled,
         }
         for r in reports
     ]

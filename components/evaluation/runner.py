@@ -86,8 +86,8 @@ class CandidateReport(BaseModel):
 
     name: str
     greedy_pass1: float | None  # None when cfg.greedy is off
-    pass_at_1_sampled: float  # mean over prompts of correct samples / samples
-    pass_at_k: float  # mean over prompts of the unbiased pass@k
+    pass_at_1_sampled: float | None  # mean over prompts of correct samples / samples; None when skipped
+    pass_at_k: float | None  # mean over prompts of the unbiased pass@k; None when skipped
     k: int
     mean_output_tokens: float  # greedy pass; sampled pass when greedy is off
     tokens_per_correct: float  # same pass as mean_output_tokens; inf when none correct
@@ -100,6 +100,7 @@ class CandidateReport(BaseModel):
     negative_flips: int | None = None  # filled by compare_to_champion
     positive_flips: int | None = None
     flip_reference: str | None = None  # name of the report the flips were counted against
+    sampled: str = "measured"  # or "skipped (greedy gate failed: ...)": no sampled pass was run
 
 
 def _checked(out: Sequence[Sequence[Completion]], n_prompts: int, n: int) -> list[list[Completion]]:
@@ -120,8 +121,9 @@ def _scored(score: ScoreFn, row: dict[str, Any], text: str) -> bool:
     return value >= CORRECT_THRESHOLD
 
 
-@dataclass
-class _GreedyPass:
+class GreedyPass(BaseModel):
+    """The greedy pass of one model: answers, their scores, token count, latency, determinism."""
+
     texts: list[str]
     correct: list[bool]
     tokens: int
@@ -129,7 +131,14 @@ class _GreedyPass:
     deterministic: bool | None
 
 
-def _eval_rows(rows: Sequence[dict[str, Any]], cfg: EvalConfig) -> tuple[list[dict[str, Any]], list[str]]:
+class SampledPass(BaseModel):
+    """The sampled pass of one model: correct samples per prompt and the tokens they cost."""
+
+    correct: list[int]
+    tokens: int
+
+
+def eval_rows(rows: Sequence[dict[str, Any]], cfg: EvalConfig) -> tuple[list[dict[str, Any]], list[str]]:
     """The rows to evaluate (at most ``max_rows``) and their ids, which must be unique."""
     rows = list(rows)[: cfg.max_rows] if cfg.max_rows is not None else list(rows)
     if not rows:
@@ -140,8 +149,8 @@ def _eval_rows(rows: Sequence[dict[str, Any]], cfg: EvalConfig) -> tuple[list[di
     return rows, ids
 
 
-def _greedy_pass(generate: GenerateFn, rows: list[dict[str, Any]], score: ScoreFn, cfg: EvalConfig,
-                 tick: Callable[[str], None]) -> _GreedyPass:
+def greedy_pass(generate: GenerateFn, rows: list[dict[str, Any]], score: ScoreFn, cfg: EvalConfig,
+                tick: Callable[[str], None] = lambda phase: None) -> GreedyPass:
     """Greedy answers, their scores and token count; a second identical pass when checking determinism."""
     prompts = [str(r["prompt"]) for r in rows]
     start = time.perf_counter()
@@ -155,8 +164,19 @@ def _greedy_pass(generate: GenerateFn, rows: list[dict[str, Any]], score: ScoreF
         again = _checked(generate(prompts, 1, 0.0, cfg.max_new_tokens, cfg.seed), len(prompts), 1)
         tick("determinism")
         deterministic = determinism(texts, [g[0].text for g in again]).identical
-    return _GreedyPass(texts=texts, correct=[_scored(score, r, t) for r, t in zip(rows, texts, strict=True)],
-                       tokens=sum(c.num_tokens for c in greedy), latency=latency, deterministic=deterministic)
+    return GreedyPass(texts=texts, correct=[_scored(score, r, t) for r, t in zip(rows, texts, strict=True)],
+                      tokens=sum(c.num_tokens for c in greedy), latency=latency, deterministic=deterministic)
+
+
+def sampled_pass(generate: GenerateFn, rows: list[dict[str, Any]], score: ScoreFn, cfg: EvalConfig,
+                 tick: Callable[[str], None] = lambda phase: None) -> SampledPass:
+    """``cfg.samples`` answers per prompt at ``cfg.temperature``; correct ones counted per prompt."""
+    n = cfg.samples
+    prompts = [str(r["prompt"]) for r in rows]
+    sampled = _checked(generate(prompts, n, cfg.temperature, cfg.max_new_tokens, cfg.seed), len(rows), n)
+    tick("sampled")
+    return SampledPass(correct=[sum(_scored(score, r, c.text) for c in group) for r, group in zip(rows, sampled, strict=True)],
+                       tokens=sum(c.num_tokens for group in sampled for c in group))
 
 
 def _progress_ticker(cfg: EvalConfig, progress: ProgressFn | None) -> Callable[[str], None]:
@@ -181,32 +201,40 @@ def evaluate_candidate(
     progress: ProgressFn | None = None,
 ) -> CandidateReport:
     """Run the greedy pass (twice if checking determinism) and the sampled pass; report figures."""
-    rows, ids = _eval_rows(rows, cfg)
-    n, n_rows = cfg.samples, len(rows)
+    rows, _ids = eval_rows(rows, cfg)
     tick = _progress_ticker(cfg, progress)
-    greedy = _greedy_pass(generate, rows, score, cfg, tick) if cfg.greedy else None
-    prompts = [str(r["prompt"]) for r in rows]
-    sampled = _checked(generate(prompts, n, cfg.temperature, cfg.max_new_tokens, cfg.seed), n_rows, n)
-    tick("sampled")
-    sampled_correct = [sum(_scored(score, r, c.text) for c in group) for r, group in zip(rows, sampled, strict=True)]
+    greedy = greedy_pass(generate, rows, score, cfg, tick) if cfg.greedy else None
+    return build_report(name, rows, cfg, greedy, sampled_pass(generate, rows, score, cfg, tick), size_bytes)
+
+
+def build_report(name: str, rows: Sequence[dict[str, Any]], cfg: EvalConfig, greedy: GreedyPass | None,
+                 sampled: SampledPass | None, size_bytes: int | None = None,
+                 skipped: str | None = None) -> CandidateReport:
+    """One model's figures from its passes. ``sampled`` None: the sampled pass was not run
+    (``skipped`` says why); its figures are None and each row counts 0 of 0 samples."""
+    rows, ids = eval_rows(rows, cfg)
+    n_rows = len(rows)
+    n = cfg.samples if sampled is not None else 0
+    counts = sampled.correct if sampled is not None else [0] * n_rows
     if greedy is not None:
         mean_tokens = greedy.tokens / n_rows
         per_correct = cost_of_pass(greedy.tokens, sum(greedy.correct))
+    elif sampled is not None:
+        mean_tokens = sampled.tokens / (n_rows * n)
+        per_correct = cost_of_pass(sampled.tokens, sum(counts))
     else:
-        sampled_tokens = sum(c.num_tokens for group in sampled for c in group)
-        mean_tokens = sampled_tokens / (n_rows * n)
-        per_correct = cost_of_pass(sampled_tokens, sum(sampled_correct))
+        raise ValueError("a report needs the greedy pass or the sampled pass")
     details = [
         RowResult(id=ids[i], greedy_text=None if greedy is None else greedy.texts[i],
                   greedy_correct=None if greedy is None else greedy.correct[i],
-                  sampled_correct=sampled_correct[i], n_samples=n)
+                  sampled_correct=counts[i], n_samples=n)
         for i in range(n_rows)
     ]
     return CandidateReport(
         name=name,
         greedy_pass1=None if greedy is None else sum(greedy.correct) / n_rows,
-        pass_at_1_sampled=sum(c / n for c in sampled_correct) / n_rows,
-        pass_at_k=sum(pass_at_k(n, c, cfg.k) for c in sampled_correct) / n_rows,
+        pass_at_1_sampled=None if sampled is None else sum(c / n for c in counts) / n_rows,
+        pass_at_k=None if sampled is None else sum(pass_at_k(n, c, cfg.k) for c in counts) / n_rows,
         k=cfg.k,
         mean_output_tokens=mean_tokens,
         tokens_per_correct=per_correct,
@@ -216,6 +244,7 @@ def evaluate_candidate(
         correct={} if greedy is None else dict(zip(ids, greedy.correct, strict=True)),
         n_rows=n_rows,
         details=details,
+        sampled="measured" if sampled is not None else f"skipped ({skipped or 'not run'})",
     )
 
 

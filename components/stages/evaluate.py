@@ -5,30 +5,36 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any, Callable, Protocol, TypeVar
 
 import torch
 
-from components.artifacts import RUN_INFO_DIR, run_info_dir, sha256_dir, split_measurements
+from components.artifacts import (
+    RUN_INFO_DIR,
+    model_folder,
+    run_info_dir,
+    serving_folder,
+    sha256_dir,
+    split_measurements,
+)
 from components.engines.base import SamplingParams
 from components.engines.transformers_engine import engine_for
-from components.evaluation.gate import decide
+from components.evaluation.gate import decide, greedy_gate_failures
 from components.evaluation.plots import comparison_table, pareto_plot
-from components.evaluation.runner import CandidateReport, Completion, compare_to_champion, evaluate_candidate
+from components.evaluation.runner import (
+    CandidateReport,
+    Completion,
+    GreedyPass,
+    SampledPass,
+    build_report,
+    compare_to_champion,
+    eval_rows,
+    evaluate_candidate,
+    greedy_pass,
+    sampled_pass,
+)
 from components.rl.trainer import RewardScorer, messages_for
 from components.stages.curate import load_split
-
-
-def model_folder(path: Path) -> Path:
-    """Candidates are model folders, or payloads holding one under ``model/`` (RL checkpoints,
-    compressed variants)."""
-    path = Path(path)
-    return path / "model" if (path / "model" / "config.json").exists() else path
-
-
-def serving_folder(path: Path) -> Path:
-    """What vLLM should load: the compressed-tensors export where there is one."""
-    path = Path(path)
-    return path / "compressed" if (path / "compressed" / "config.json").exists() else model_folder(path)
 
 
 def dir_size(path: Path) -> int:
@@ -63,24 +69,122 @@ def evaluate_model(name: str, model_dir: Path, rows: list[dict], cfg, device: st
     )
 
 
+class PassCache(Protocol):
+    """One model's pass results kept across runs, by the model's digest, the evaluation config and
+    the code version (the task layer keys and stores them): a model already evaluated the same way
+    is not evaluated again. ``phase`` is ``greedy`` or ``sampled``."""
+
+    def get(self, name: str, phase: str) -> dict | None: ...
+
+    def put(self, name: str, phase: str, value: dict) -> None: ...
+
+
+class NoPassCache:
+    def get(self, name: str, phase: str) -> dict | None:
+        return None
+
+    def put(self, name: str, phase: str, value: dict) -> None:
+        return None
+
+
+P = TypeVar("P", GreedyPass, SampledPass)
+
+
+class _Candidate:
+    """One model under evaluation: each pass comes from the cache or is run; the model is loaded
+    only when a pass has to run, once."""
+
+    def __init__(self, name: str, path: Path, rows: list[dict], cfg, ctx, dtype, cache: PassCache,
+                 tick: Callable[[str], None]):
+        self.name, self.path, self.rows, self.cfg, self.ctx, self.dtype = name, path, rows, cfg, ctx, dtype
+        self.cache, self.tick = cache, tick
+        self._generate: Any = None
+        self._scorer = RewardScorer()
+        self.passes: dict[str, str] = {}  # phase -> "cached" | "run" | "skipped"
+        self.size_bytes = dir_size(serving_folder(path))
+
+    def generate(self):
+        if self._generate is None:
+            gen = make_generate(model_folder(self.path), self.ctx.device, self.dtype)
+            msgs = {r["prompt"]: messages_for(r) for r in self.rows}
+            self._generate = lambda prompts, n, t, m, seed: gen([msgs[p] for p in prompts], n, t, m, seed)
+        return self._generate
+
+    def _pass(self, phase: str, cls: type[P], fn: Callable[..., P]) -> P:
+        hit = self.cache.get(self.name, phase)
+        if hit is not None:
+            self.tick(f"{phase} (cached)")
+            self.passes[phase] = "cached"
+            return cls.model_validate(hit)
+        self.passes[phase] = "run"
+        result = fn(self.generate(), self.rows, lambda row, text: self._scorer(row, text), self.cfg, self.tick)
+        self.cache.put(self.name, phase, result.model_dump(mode="json"))
+        return result
+
+    def greedy(self) -> GreedyPass | None:
+        return self._pass("greedy", GreedyPass, greedy_pass) if self.cfg.greedy else None
+
+    def sampled(self) -> SampledPass:
+        return self._pass("sampled", SampledPass, sampled_pass)
+
+    def report(self, greedy: GreedyPass | None, sampled: SampledPass | None, skipped: str | None = None):
+        return build_report(self.name, self.rows, self.cfg, greedy, sampled, self.size_bytes, skipped)
+
+
+def _evaluation_order(names: list[str], champion_is: str | None) -> list[str]:
+    """References first (the champion, or the candidate that is the champion, then base): the
+    others' greedy gate is checked against them."""
+    refs = [n for n in ("champion", champion_is, "base") if n is not None and n in names]
+    return list(dict.fromkeys(refs + names))
+
+
+def _ticker(ctx, name: str, i: int, total: int) -> Callable[[str], None]:
+    def tick(phase: str) -> None:
+        ctx.progress(f"{name}: {phase} ({i + 1}/{total})", (i + 0.5) / total)
+
+    return tick
+
+
+def _evaluate_all(cfg, todo: dict[str, Path], rows: list[dict], ctx, dtype, cache: PassCache,
+                  champion_is: str | None) -> dict[str, CandidateReport]:
+    """Every model's report. A contender whose greedy pass already fails the gate against the
+    references gets no sampled pass (its report says so). ``ctx.extra["passes"]`` says, per
+    model and pass, whether it was read from the cache, run, or skipped."""
+    order = _evaluation_order(list(todo), champion_is)
+    refs = {n for n in ("champion", champion_is, "base") if n is not None and n in todo}
+    reports: dict[str, CandidateReport] = {}
+    for i, name in enumerate(order):
+        ctx.progress(f"evaluating {name} ({i + 1}/{len(order)})", i / len(order))
+        cand = _Candidate(name, todo[name], rows, cfg, ctx, dtype, cache, _ticker(ctx, name, i, len(order)))
+        greedy = cand.greedy()
+        failures: list[str] = []
+        if greedy is not None and name not in refs:
+            champ = reports.get("champion") or (reports[champion_is] if champion_is in reports else None)
+            failures = greedy_gate_failures(cand.report(greedy, None), champ, reports.get("base"), cfg.gate)
+        if failures:
+            reports[name] = cand.report(greedy, None, "greedy gate failed: " + "; ".join(failures))
+            cand.passes["sampled"] = "skipped"
+        else:
+            reports[name] = cand.report(greedy, cand.sampled())
+        ctx.extra.setdefault("passes", {})[name] = cand.passes
+    return {n: reports[n] for n in todo}
+
+
 def run(cfg, candidates: dict[str, Path], dataset_dir: Path, out_dir: Path, ctx,
         champion: tuple[str, Path] | None = None, champion_is: str | None = None,
-        dtype=torch.float32) -> dict[str, float]:
-    """``champion_is`` names the candidate that is already the champion (evaluated once)."""
+        dtype=torch.float32, cache: PassCache | None = None) -> dict[str, float]:
+    """``champion_is`` names the candidate that is already the champion (evaluated once);
+    ``cache`` keeps pass results across runs (none: every model is evaluated)."""
     rows = load_split(dataset_dir, "eval")
     if cfg.max_rows:
         rows = rows[: cfg.max_rows]
     if not rows:
         raise ValueError("the eval split is empty: raise curate.eval_fraction")
-    reports: dict[str, CandidateReport] = {}
+    rows, _ids = eval_rows(rows, cfg)
     todo = dict(candidates)
     if champion is not None:
         todo["champion"] = champion[1]
-    for i, (name, path) in enumerate(todo.items()):
-        ctx.progress(f"evaluating {name} ({i + 1}/{len(todo)})", i / len(todo))
-        reports[name] = evaluate_model(
-            name, model_folder(path), rows, cfg, ctx.device, dtype,
-            progress=lambda msg, frac, i=i: ctx.progress(f"{msg} ({i + 1}/{len(todo)})", (i + frac) / len(todo)))
+    reports = _evaluate_all(cfg, todo, rows, ctx, dtype, cache or NoPassCache(), champion_is)
     if champion_is is not None and champion_is in reports:
         reports["champion"] = reports[champion_is].model_copy(update={"name": "champion"})
     champ = reports.get("champion")
@@ -94,6 +198,7 @@ def run(cfg, candidates: dict[str, Path], dataset_dir: Path, out_dir: Path, ctx,
     decision = decide(contenders, champ, base, cfg.gate)
     table = comparison_table(list(reports.values()))
     _write_reports(out_dir, reports, candidates)
+    (run_info_dir(out_dir) / "passes.json").write_text(json.dumps(ctx.extra.get("passes", {}), indent=2))
     (out_dir / "decision.json").write_text(decision.model_dump_json(indent=2))
     pareto_plot(list(reports.values()), out_dir / "pareto.png", chosen=decision.chosen)
     ctx.log_table(table, "comparison_table.json")

@@ -4,8 +4,7 @@ import time
 
 import pytest
 
-from components import rewards as R
-from components.rewards import REWARDS, RewardFn, RewardResult, get_reward, safe_call, score_batch
+from components.rewards import REWARDS, RewardFn, RewardResult, get_reward, safe_call
 
 MB = 1_000_000
 
@@ -272,15 +271,3 @@ def test_non_string_inputs_do_not_raise():
     assert fn(None, 5).error == "unparseable"
     assert fn("Answer: 5", 5).score == 1.0
 
-
-def test_score_batch_counts_errors_and_module_counter():
-    R.reset_error_counts()
-    fn = get_reward("numeric")
-    results, counts = score_batch(fn, ["1", "x", "", "Answer: 2"], ["1", "2", "3", "two"])
-    assert [r.score for r in results] == [1.0, 0.0, 0.0, 0.0]
-    assert counts == {"unparseable": 2, "invalid": 1, "exception": 0, "timeout": 0}
-    _, c2 = score_batch(lambda c, a, m: 1 / 0, ["a"], ["b"])
-    assert c2["exception"] == 1
-    assert R.error_counts() == {"unparseable": 2, "invalid": 1, "exception": 1}
-    with pytest.raises(ValueError, match="answers"):
-        score_batch(fn, ["a"], [])

@@ -105,3 +105,59 @@ def test_difficulty_estimate_is_reused_across_recipes_and_keyed_on_sampling(flow
     assert hotter["stages"]["estimate_difficulty"]["cached"] is False
     m = first["stages"]["estimate_difficulty"]["metrics"]
     assert m["samples_used"] + m["samples_saved"] == m["samples_fixed_k"]
+
+
+def _evaluation(summary: dict) -> Path:
+    return Path(summary["stages"]["evaluate"]["outputs"]["evaluation"]["uri"])
+
+
+def test_evaluation_reuses_passes_by_model_digest_and_skips_sampling_after_a_failed_greedy_gate(flow_env):
+    from flows.post_training import post_training
+
+    a = post_training(recipe="smoke", stages=["evaluate"], overrides=["rl_train.steps=2"])
+    # Another recipe that differs only in rl_train: the RL checkpoint and its variants change, the
+    # base model does not, so its passes are read back rather than run again.
+    b = post_training(recipe="smoke", stages=["evaluate"], overrides=["rl_train.steps=2", "rl_train.lr=5.0e-4"])
+    assert b["stages"]["evaluate"]["cached"] is False and b["stages"]["rl_train"]["cached"] is False
+    assert b["stages"]["rl_train"]["outputs"] != a["stages"]["rl_train"]["outputs"]
+    passes = json.loads((_evaluation(b) / "_run_info" / "passes.json").read_text())
+    assert passes == b["stages"]["evaluate"]["passes"]
+    assert passes["base"] == {"greedy": "cached", "sampled": "cached"}
+    assert passes["rl"] == {"greedy": "run", "sampled": "run"}
+    reports_a = json.loads((_evaluation(a) / "reports.json").read_text())
+    reports_b = json.loads((_evaluation(b) / "reports.json").read_text())
+    assert reports_b["base"] == reports_a["base"]
+    timings = [json.loads((_evaluation(s) / "_run_info" / "timings.json").read_text())["base"] for s in (a, b)]
+    assert timings[0] == timings[1]  # the greedy latency of the run that measured it, not a new one
+
+    # A gate no contender can pass on its greedy figures (101 points over base): their sampled
+    # pass is skipped, and their rows say so; the references (base, and the registry's champion
+    # when an earlier test promoted one) are measured in full.
+    c = post_training(recipe="smoke", stages=["evaluate"],
+                      overrides=["rl_train.steps=2", "rl_train.lr=5.0e-4", "evaluate.gate.min_improvement_over_base=101"])
+    reports_c = json.loads((_evaluation(c) / "reports.json").read_text())
+    refs = [n for n in ("base", "champion") if n in reports_c]
+    contenders = [n for n in reports_c if n not in refs]
+    assert contenders and all(reports_c[n]["sampled"].startswith("skipped (greedy gate failed: ") for n in contenders)
+    assert all(reports_c[n]["pass_at_1_sampled"] is None for n in contenders)
+    assert all(reports_c[n]["sampled"] == "measured" for n in refs) and reports_c["base"] == reports_b["base"]
+    passes_c = c["stages"]["evaluate"]["passes"]
+    assert {n: p["sampled"] for n, p in passes_c.items()} == {**{n: "cached" for n in refs},
+                                                              **{n: "skipped" for n in contenders}}
+    assert all(p["greedy"] == "cached" for p in passes_c.values())  # the gate is not part of a pass's key
+    assert c["stages"]["evaluate"]["decision"].startswith("no candidate passed the gate")
+
+
+def test_an_rl_segment_whose_payload_vanished_is_recomputed(flow_env):
+    import shutil
+
+    from flows.post_training import post_training
+
+    first = post_training(recipe="smoke", stages=["rl_train"])
+    last = Path(first["stages"]["rl_train"]["outputs"]["checkpoint"]["uri"])
+    shutil.rmtree(last)  # the last segment's payload, gone from the artifact store
+    again = post_training(recipe="smoke", stages=["rl_train"])
+    assert again["stages"]["rl_train"]["cached"] is False  # its cache record alone is not a hit
+    assert again["stages"]["rl_train"]["metrics"]["segments_cached"] == again["stages"]["rl_train"]["metrics"]["segments"] - 1
+    assert again["stages"]["rl_train"]["outputs"] == first["stages"]["rl_train"]["outputs"]  # same weights again
+    assert (last / "model" / "config.json").exists()

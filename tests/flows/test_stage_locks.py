@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tasks.common import STAGE_CACHE_POLICY, stage_task
+from tasks.common import STAGE_CACHE_POLICY, stage_task, task_key
 from tasks.locks import StateLockManager
 
 HOLD_S = 1.0
@@ -79,13 +79,15 @@ def test_a_lock_file_being_written_counts_as_locked(tmp_path):
 
 
 def test_stage_tasks_share_the_serializable_policy_and_take_tags():
-    @stage_task("t", tags=("gpu",))
-    def t(key: str) -> str:
-        return key
+    @stage_task("t", key=lambda cfg, upstream: f"{cfg}-{upstream}", tags=("gpu",))
+    def t(run_id: str, cfg: str, upstream: str, note: str = "") -> str:
+        return cfg
 
     assert t.tags == {"gpu"}
     assert t.cache_policy is STAGE_CACHE_POLICY
     assert str(STAGE_CACHE_POLICY.isolation_level.value) == "SERIALIZABLE"
     assert isinstance(STAGE_CACHE_POLICY.lock_manager, StateLockManager)
     assert type(t.with_options(refresh_cache=True)) is type(t)
-    assert STAGE_CACHE_POLICY.compute_key(None, {"key": "abc"}, {}) == "abc"
+    # The task derives its key from the inputs its key function names; run_id and note never enter it.
+    assert task_key(t, {"run_id": "r1", "cfg": "a", "upstream": "b", "note": "x"}) == "a-b"
+    assert task_key(t.with_options(refresh_cache=True), {"run_id": "r2", "cfg": "a", "upstream": "b"}) == "a-b"

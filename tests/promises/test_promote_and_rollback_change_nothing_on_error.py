@@ -51,7 +51,7 @@ def test_promote_unknown_version_and_rollback_without_previous_change_nothing(tm
     assert _aliases(trk) == before
 
     r = posttrain(["serve", "--alias", "staging"], state, timeout=300)  # serve too: the last model by default
-    assert r.returncode == 1 and r.stderr.strip() == f"model {MODEL} has no version with alias 'staging'", r.stderr
+    assert r.returncode == 1 and r.stderr.strip() == f"model {MODEL} has no version with alias 'staging' whose weights are reachable", r.stderr
 
     _registry_more = trk.register_model(MODEL, str(tmp_path), trk.start_run("deploy-x"), {"model_sha256": "x"})
     r = posttrain(["promote", _registry_more, "--model", MODEL], state, timeout=300)

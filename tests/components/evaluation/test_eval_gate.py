@@ -119,3 +119,22 @@ def test_gate_config_validation() -> None:
 def test_summary_names_the_reference_once_when_it_is_called_base() -> None:
     decision = decide([rep("rl", 0.5)], None, rep("base", 0.25), GateConfig())
     assert " vs base 25.00%" in decision.summary and "vs base base" not in decision.summary
+
+
+def test_greedy_gate_failures_are_the_checks_sampling_cannot_change():
+    from components.evaluation.gate import greedy_gate_failures
+
+    champ, base = rep("champ", 0.5, correct=CHAMP_CORRECT), rep("base", 0.25)
+    worse = rep("w", 0.0, correct={k: False for k in CHAMP_CORRECT})
+    greedy_only = worse.model_copy(update={"pass_at_1_sampled": None, "pass_at_k": None})
+    assert greedy_gate_failures(greedy_only, champ, base, GateConfig()) == ["greedy_pass1 0.00% < champion 50.00% - 0.0 pt"]
+    # Gated on a sampled metric, the greedy figures decide only flips, determinism and size.
+    sampled_gate = GateConfig(metric="pass_at_1_sampled", min_improvement_over_base=50.0)
+    assert greedy_gate_failures(greedy_only, champ, base, sampled_gate) == []
+    flaky = greedy_only.model_copy(update={"deterministic": False})
+    assert greedy_gate_failures(flaky, champ, base, sampled_gate) == ["two greedy passes gave different outputs"]
+    flips = GateConfig(metric="pass_at_1_sampled", max_negative_flips=1)
+    assert greedy_gate_failures(greedy_only, champ, base, flips) == ["2 negative flips vs champion > 1"]
+    # Every failure found on the greedy pass alone is also a failure of the full gate.
+    full = decide([worse], champ, base, GateConfig())
+    assert full.passed == [] and f"fail: {greedy_gate_failures(greedy_only, champ, base, GateConfig())[0]}" in full.reasons["w"]

@@ -55,6 +55,7 @@ def test_comparison_table_rows() -> None:
         "deterministic": True,
         "negative_flips": 2,
         "positive_flips": 3,
+        "sampled": "measured",
     }
     assert rows[1]["tokens_per_correct"] is None  # inf (nothing correct) is not valid JSON
     assert rows[1]["size_mb"] is None

@@ -182,3 +182,21 @@ def test_compare_to_champion(engine: FakeEngine) -> None:
     assert report.negative_flips is None  # the original is not mutated
     stranger = report.model_copy(update={"name": "other", "correct": {"zz": True}})
     assert compare_to_champion(report, stranger).negative_flips is None
+
+
+def test_report_from_separate_passes_equals_the_whole_evaluation_and_says_when_sampling_was_skipped(engine):
+    cfg = EvalConfig(k=2, n_samples=4)
+    whole = evaluate_candidate("m", engine, ROWS, score, cfg, size_bytes=7)
+    greedy = runner.greedy_pass(engine, ROWS, score, cfg)
+    sampled = runner.sampled_pass(engine, ROWS, score, cfg)
+    # Passes survive a JSON round trip (they are cached as JSON) and rebuild the same report.
+    greedy = runner.GreedyPass.model_validate_json(greedy.model_dump_json())
+    sampled = runner.SampledPass.model_validate_json(sampled.model_dump_json())
+    assert runner.build_report("m", ROWS, cfg, greedy, sampled, 7) == whole
+    assert sampled.correct == [3, 1, 0]  # SAMPLED above
+
+    skipped = runner.build_report("m", ROWS, cfg, greedy, None, 7, skipped="greedy gate failed: x")
+    assert skipped.sampled == "skipped (greedy gate failed: x)"
+    assert skipped.pass_at_1_sampled is None and skipped.pass_at_k is None
+    assert (skipped.greedy_pass1, skipped.correct) == (whole.greedy_pass1, whole.correct)
+    assert all(d.n_samples == 0 and d.sampled_correct == 0 for d in skipped.details)

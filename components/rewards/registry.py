@@ -1,0 +1,39 @@
+"""The reward registry: names to classes, and :func:`get_reward` to build one from a spec.
+
+Each reward family module registers its classes with :func:`register`; importing
+``components.rewards`` imports every family, so the registry is whole wherever it is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from components.rewards.base import RewardFn
+
+REWARDS: dict[str, type[RewardFn]] = {}
+
+R = TypeVar("R", bound=type[RewardFn])
+
+
+def register(cls: R) -> R:
+    """Class decorator: make ``cls`` reachable as ``get_reward(cls.name)``."""
+    if cls.name in REWARDS and REWARDS[cls.name] is not cls:
+        raise ValueError(f"reward {cls.name!r} registered twice")
+    REWARDS[cls.name] = cls
+    return cls
+
+
+def get_reward(spec: str | dict[str, Any]) -> RewardFn:
+    """Build a reward from ``"numeric"`` or ``{"name": "numeric", "rel_tol": 1e-4}``.
+
+    Unknown names and unknown options raise ``ValueError`` naming the allowed values.
+    """
+    if isinstance(spec, str):
+        name, options = spec, {}
+    else:
+        options = dict(spec)
+        name = options.pop("name", None)
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; allowed: {sorted(REWARDS)}")
+    options.pop("version", None)  # present in specs written by RewardFn.spec()
+    return REWARDS[name](REWARDS[name].Config(**options))
