@@ -14,7 +14,8 @@ from components.engines.transformers_engine import engine_for
 from components.evaluation.gate import decide
 from components.evaluation.plots import comparison_table, pareto_plot
 from components.evaluation.runner import CandidateReport, Completion, compare_to_champion, evaluate_candidate
-from components.rl.trainer import RewardScorer, messages_for
+from components.prompts import messages_for
+from components.scoring import RewardScorer
 from components.stages.curate import load_split
 
 
