@@ -21,7 +21,7 @@ def rl_segment_task(key: str, run_id: str, cfg: dict, selection: dict, start: in
                     model: ArtifactRef, dataset: ArtifactRef, difficulty: ArtifactRef | None,
                     prev: ArtifactRef | None):
     from components.difficulty.selection import SelectionConfig
-    from components.recipe import RLConfig
+    from components.rl.config import RLConfig
 
     c, sel = RLConfig.model_validate(cfg), SelectionConfig.model_validate(selection)
     st = store()
@@ -38,7 +38,7 @@ def rl_segment_task(key: str, run_id: str, cfg: dict, selection: dict, start: in
 
 def replay_history(run_id: str, checkpoint: ArtifactRef, start: int, end: int) -> None:
     """A cached segment's per-step metrics, logged again so the reward curve is whole."""
-    from components.rl.trainer import read_history
+    from components.rl.segment import read_history
     from tasks.common import tracker
 
     trk = tracker()

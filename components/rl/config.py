@@ -55,7 +55,7 @@ class RLConfig(_Strict):
     length_schedule: LengthScheduleConfig | None = Field(
         None, description="max-new-tokens per step (constant/linear/cyclic); None = max_new_tokens")
     overlong: OverlongConfig | None = Field(None, description="DAPO soft overlong penalty; None = off")
-    partial: PartialRolloutConfig = Field(default_factory=PartialRolloutConfig,
+    partial: PartialRolloutConfig = Field(default_factory=lambda: PartialRolloutConfig.model_validate({}),
                                           description="APRIL partial rollouts (carry unfinished samples over)")
     lr: float = Field(1e-5, description="AdamW learning rate")
     weight_decay: float = Field(0.0, description="AdamW weight decay")
@@ -69,7 +69,7 @@ class RLConfig(_Strict):
         description="group baseline (a registered estimator): grpo (mean), drgrpo (mean, no std), loo (leave-one-out)")
     std_normalize: bool = Field(True, description="divide advantages by the group std")
     batch_normalize: bool = Field(False, description="normalise advantages over the whole batch")
-    loss: LossConfig = Field(default_factory=LossConfig, description="policy loss: variant, clipping, KL, entropy")
+    loss: LossConfig = Field(default_factory=lambda: LossConfig.model_validate({}), description="policy loss: variant, clipping, KL, entropy")
     dynamic_sampling: bool = Field(False, description="DAPO: resample groups whose rewards are all equal")
     max_refill_rounds: int = Field(2, description="resampling rounds for dynamic_sampling")
     sampler: Literal["uniform", "thompson"] = Field(
@@ -85,7 +85,7 @@ class RLConfig(_Strict):
     engine: Literal["transformers", "vllm"] = Field(
         "transformers", description="rollout engine: in-process transformers, or a vLLM server (make vllm) "
         "that reloads the policy's weights after every optimiser step")
-    vllm: RolloutVLLMConfig = Field(default_factory=RolloutVLLMConfig, description="vLLM server for engine: vllm")
+    vllm: RolloutVLLMConfig = Field(default_factory=lambda: RolloutVLLMConfig.model_validate({}), description="vLLM server for engine: vllm")
     seed: int = Field(0, description="sampling and shuffling seed")
     refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")
 

@@ -47,7 +47,7 @@ def main() -> None:
     import torch
 
     from components.recipe import RLConfig
-    from components.rl.trainer import run_segment
+    from components.rl.segment import run_segment
 
     if args.threads:
         torch.set_num_threads(args.threads)

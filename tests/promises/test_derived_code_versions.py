@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from smoke_cli import REPO, run, shared_runs
 
-# The difficulty stage imports components.rl.trainer (prompt format, reward scorer), which imports
-# components.rl.advantages: difficulty never names that module itself.
-EDITED = Path("components/rl/advantages.py")
+# The difficulty stage imports components.difficulty.estimate, which imports
+# components.difficulty.posterior (the Beta posterior): difficulty never names that module itself.
+EDITED = Path("components/difficulty/posterior.py")
 ORDER = ["prepare_model", "curate", "estimate_difficulty", "rl_train", "compress", "evaluate", "deploy"]
 FIRST_AFFECTED = "estimate_difficulty"
 
@@ -31,7 +31,13 @@ def _copy_code(dst: Path) -> Path:
 def test_editing_an_indirect_import_recomputes_that_stage_and_downstream_only(tmp_path_factory, tmp_path):
     state, first = shared_runs(tmp_path_factory)["a"]
     stage_src = (REPO / "components/stages/difficulty.py").read_text()
-    assert "components.rl.advantages" not in stage_src and "advantages" not in stage_src
+    assert "components.difficulty.posterior" not in stage_src and "posterior" not in stage_src
+    # ... and yet the stage reaches it (through components.difficulty.estimate), so editing it is an edit
+    # to the stage's code; the stages upstream of it (model preparation, curation) never reach it.
+    from components.caching import module_closure
+
+    assert "components.difficulty.posterior" in {m for m, _ in module_closure("components.stages.difficulty")}
+    assert "components.difficulty.posterior" not in {m for m, _ in module_closure("components.stages.curate")}
     code = _copy_code(tmp_path / "code")
     edited = code / EDITED
     edited.write_text(edited.read_text() + "\n\n# an edit a reviewer would ask to re-run the difficulty estimate for\n")
