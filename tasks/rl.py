@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from components.artifacts import ArtifactRef
 from components.difficulty.selection import SelectionConfig
-from components.recipe import RLConfig
+from components.rl.config import RLConfig
 from components.stages import rl as stage
 from components.summary import RL_HEADLINE, with_aliases
 from tasks.common import GPU, execute, make_key, stage_task, store
@@ -37,7 +37,7 @@ def rl_segment_task(run_id: str, cfg: RLConfig, selection: SelectionConfig, star
 
 def replay_history(run_id: str, checkpoint: ArtifactRef, start: int, end: int) -> None:
     """A cached segment's per-step metrics, logged again so the reward curve is whole."""
-    from components.rl.trainer import read_history
+    from components.rl.segment import read_history
     from tasks.common import tracker
 
     trk = tracker()

@@ -2,52 +2,78 @@
 
 Rewards arrive as ``[B, G]``: B prompts, G sampled completions each. Each completion's advantage is
 its reward relative to its own group, so prompts of different difficulty are comparable.
+Estimators are registered functions (``@register_advantage("name")``), picked by ``rl_train.advantage``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-AdvantageMode = Literal["grpo", "drgrpo", "loo"]
+AdvantageFn = Callable[[Tensor, bool, float], Tensor]  # (rewards [B, G] float, std_normalize, eps) -> [B, G]
+ADVANTAGES: dict[str, AdvantageFn] = {}
+
+
+def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
+    """Register an advantage estimator under ``name`` (usable as ``rl_train.advantage: name``)."""
+
+    def deco(fn: AdvantageFn) -> AdvantageFn:
+        if name in ADVANTAGES and ADVANTAGES[name] is not fn:
+            raise ValueError(f"advantage estimator {name!r} is already registered")
+        ADVANTAGES[name] = fn
+        return fn
+
+    return deco
+
+
+def get_advantage(name: str) -> AdvantageFn:
+    if name not in ADVANTAGES:
+        raise ValueError(f"unknown advantage mode {name!r}; allowed: {', '.join(sorted(ADVANTAGES))}")
+    return ADVANTAGES[name]
+
+
+@register_advantage("grpo")
+def grpo_advantage(r: Tensor, std_normalize: bool, eps: float) -> Tensor:
+    """``(r - mean_g) / (std_g + eps)`` when ``std_normalize``, else ``r - mean_g``. ``std_g`` is the
+    *population* std: advantages then have unit variance within a group, and G=2 with rewards
+    {0, 1} gives +-1 (not +-0.707)."""
+    centered = r - r.mean(dim=1, keepdim=True)
+    if not std_normalize:
+        return centered
+    return centered / (r.std(dim=1, unbiased=False, keepdim=True) + eps)
+
+
+@register_advantage("drgrpo")
+def drgrpo_advantage(r: Tensor, std_normalize: bool, eps: float) -> Tensor:
+    """``r - mean_g`` always (Dr. GRPO: dividing by the std up-weights nearly-solved and
+    nearly-failed prompts); ``std_normalize`` is ignored."""
+    return r - r.mean(dim=1, keepdim=True)
+
+
+@register_advantage("loo")
+def loo_advantage(r: Tensor, std_normalize: bool, eps: float) -> Tensor:
+    """RLOO: ``r_i - mean of the other G-1 rewards`` = ``G/(G-1) * (r_i - mean_g)``; never
+    std-normalised; zeros when G == 1 (no other sample to compare with)."""
+    g = r.shape[1]
+    if g < 2:
+        return torch.zeros_like(r)
+    return (r - r.mean(dim=1, keepdim=True)) * (g / (g - 1))
 
 
 def group_advantages(
     rewards: Tensor,
-    mode: AdvantageMode = "grpo",
+    mode: str = "grpo",
     std_normalize: bool = True,
     eps: float = 1e-6,
 ) -> Tensor:
-    """Per-completion advantages ``[B, G]`` from rewards ``[B, G]``.
-
-    - ``grpo``: ``(r - mean_g) / (std_g + eps)`` when ``std_normalize``, else ``r - mean_g``.
-      ``std_g`` is the *population* std (``unbiased=False``): advantages then have exactly unit
-      variance within a group, and G=2 with rewards {0, 1} gives +-1 (not +-0.707).
-    - ``drgrpo``: ``r - mean_g`` always (Dr. GRPO: dividing by the std up-weights nearly-solved and
-      nearly-failed prompts); ``std_normalize`` is ignored.
-    - ``loo``: RLOO, ``r_i - mean of the other G-1 rewards`` = ``G/(G-1) * (r_i - mean_g)``;
-      never std-normalised; zeros when G == 1 (no other sample to compare with).
-
-    A group whose rewards are all equal gets zero advantages in every mode.
-    """
+    """Per-completion advantages ``[B, G]`` from rewards ``[B, G]`` by the registered estimator
+    ``mode`` (grpo, drgrpo, loo, ...). A group whose rewards are all equal gets zero advantages in
+    every built-in mode."""
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be [B, G], got shape {tuple(rewards.shape)}")
-    r = rewards.float()
-    g = r.shape[1]
-    centered = r - r.mean(dim=1, keepdim=True)
-    if mode == "grpo":
-        if not std_normalize:
-            return centered
-        return centered / (r.std(dim=1, unbiased=False, keepdim=True) + eps)
-    if mode == "drgrpo":
-        return centered
-    if mode == "loo":
-        if g < 2:
-            return torch.zeros_like(r)
-        return centered * (g / (g - 1))
-    raise ValueError(f"unknown advantage mode {mode!r}; allowed: grpo, drgrpo, loo")
+    return get_advantage(mode)(rewards.float(), std_normalize, eps)
 
 
 def batch_normalize(

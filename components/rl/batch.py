@@ -7,6 +7,7 @@ last hidden states, so ``[batch, length, vocab]`` logits are never materialised.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -58,11 +59,11 @@ def build_batch(
                       torch.tensor(advantages, dtype=torch.float32))
 
 
-def lm_head_weight(model) -> torch.Tensor:
+def lm_head_weight(model: Any) -> torch.Tensor:
     return model.get_output_embeddings().weight
 
 
-def response_logprobs(model, batch: TrainBatch, temperature: float = 1.0, chunk_size: int = 1024,
+def response_logprobs(model: Any, batch: TrainBatch, temperature: float = 1.0, chunk_size: int = 1024,
                       with_entropy: bool = True, share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Trainer log-probs and entropies ``[B, T]`` of the response tokens (0 where masked).
 
@@ -84,7 +85,7 @@ def response_logprobs(model, batch: TrainBatch, temperature: float = 1.0, chunk_
     return logp, ent
 
 
-def _plain_hidden(model, batch: TrainBatch) -> torch.Tensor:
+def _plain_hidden(model: Any, batch: TrainBatch) -> torch.Tensor:
     """Hidden states [B, T, H] predicting each response slot, one [prompt + response] row per rollout."""
     dev = next(model.parameters()).device
     ids = batch.input_ids.to(dev)
@@ -167,11 +168,11 @@ def shared_attention_mask(seg: torch.Tensor, kind: str, dtype: torch.dtype) -> t
     return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def can_share_prompts(model) -> bool:
+def can_share_prompts(model: Any) -> bool:
     return getattr(model.config, "_attn_implementation", None) in SHARED_ATTENTION
 
 
-def _shared_hidden(model, batch: TrainBatch) -> torch.Tensor:
+def _shared_hidden(model: Any, batch: TrainBatch) -> torch.Tensor:
     """Hidden states [N, H] that predict the response tokens, through the prefix-shared layout."""
     dev = next(model.parameters()).device
     pk = pack_shared_prompts(batch)

@@ -94,7 +94,7 @@ class RolloutBuffer:
     being returned, so staleness stays bounded.
     """
 
-    def __init__(self, max_buffer: int = 256):
+    def __init__(self, max_buffer: int = 256) -> None:
         self.max_buffer = max_buffer
         self.groups: list[GroupState] = []
         self.dropped_samples = 0
@@ -174,6 +174,102 @@ def _stop_in_tail(tokenizer: Any, toks: list[int], stops: list[str]) -> bool:
     return any(s in tail for s in stops)
 
 
+@dataclass
+class _Round:
+    """Counters of one ``generate_with_partial`` call."""
+
+    new_tokens: int = 0
+    engine_calls: int = 0
+    rounds: int = 0
+
+
+def _start_groups(engine: Any, rows: list[dict], group_size: int, want: int, buffer: RolloutBuffer,
+                  policy_version: int, messages_fn: Callable[[dict], list[Message]]
+                  ) -> tuple[list[GroupState], int]:
+    """The buffer's groups (oldest first), then fresh groups for the first unseen rows up to ``want``;
+    returns the groups and how many are fresh."""
+    groups = buffer.take()
+    seen = {g.row_id for g in groups}
+    fresh_rows: list[tuple[str, dict]] = []
+    for r in rows:
+        if len(groups) + len(fresh_rows) >= want:
+            break
+        rid = _row_id(r)
+        if rid not in seen:
+            seen.add(rid)
+            fresh_rows.append((rid, r))
+    if fresh_rows:
+        prompt_ids = engine.encode_prompts([messages_fn(r) for _, r in fresh_rows])
+        for (rid, r), pids in zip(fresh_rows, prompt_ids):
+            groups.append(GroupState(rid, r, list(pids), [SampleState(j) for j in range(group_size)], policy_version))
+    return groups, len(fresh_rows)
+
+
+def _extend(s: SampleState, room: int, result: tuple[list[int], list[float], str], policy_version: int,
+            params: SamplingParams, tok: Any) -> int:
+    """Append one chunk's tokens to a sample (at most ``room``) and set its finish reason; returns
+    the tokens kept."""
+    toks, lps, reason = result
+    keep = min(len(toks), room)
+    s.token_ids.extend(toks[:keep])
+    s.logprobs.extend(lps[:keep])
+    s.versions.extend([policy_version] * keep)
+    if reason == "stop" and keep == len(toks):
+        s.finish_reason = "stop"
+    elif params.stop and _stop_in_tail(tok, s.token_ids, params.stop):
+        s.finish_reason = "stop"
+    elif len(s.token_ids) >= params.max_new_tokens:
+        s.finish_reason = "length"
+    return keep
+
+
+def _continue_round(engine: Any, groups: list[GroupState], params: SamplingParams, target_groups: int,
+                    chunk_tokens: int, policy_version: int, gen: torch.Generator, counts: _Round) -> bool:
+    """Continue every unfinished sample by one chunk, batch by batch, stopping as soon as
+    ``target_groups`` groups are complete; False when nothing was left to continue."""
+    active = [(g, s) for g in groups for s in g.samples if not s.finished]
+    if not active:
+        return False
+    counts.rounds += 1
+    batch_size = max(1, int(getattr(engine, "max_batch_sequences", 64)))
+    for start in range(0, len(active), batch_size):
+        part = active[start : start + batch_size]
+        budget = [params.max_new_tokens - len(s.token_ids) for _, s in part]
+        p = params.model_copy(update={"max_new_tokens": min(chunk_tokens, max(budget))})
+        results = engine.sample_continuations([g.prompt_token_ids + s.token_ids for g, s in part], p, gen)
+        counts.engine_calls += 1
+        for (_g, s), room, res in zip(part, budget, results):
+            counts.new_tokens += _extend(s, room, res, policy_version, params, engine.tokenizer)
+        if sum(g.complete for g in groups) >= target_groups:
+            break
+    return True
+
+
+def _stats(done: list[GroupState], buffer: RolloutBuffer, carried: tuple[int, int], fresh: int, dropped: int,
+           counts: _Round, policy_version: int, seconds: float) -> dict[str, float]:
+    """``carried``: the groups and tokens taken from the buffer at the start."""
+    out_tokens = sum(len(s.versions) for g in done for s in g.samples)
+    stale_tokens = sum(v < policy_version for g in done for s in g.samples for v in s.versions)
+    versions = [v for g in done for s in g.samples for v in s.versions]
+    return {
+        "partial/complete_groups": float(len(done)),
+        "partial/carried_groups": float(carried[0]),
+        "partial/carried_tokens": float(carried[1]),
+        "partial/new_groups": float(fresh),
+        "partial/buffered_groups": float(len(buffer)),
+        "partial/buffered_samples": float(buffer.num_samples),
+        "partial/buffered_unfinished": float(buffer.num_unfinished),
+        "partial/dropped_samples": float(dropped),
+        "partial/tokens_generated": float(counts.new_tokens),
+        "partial/batch_tokens": float(out_tokens),
+        "partial/stale_token_frac": stale_tokens / max(1, out_tokens),
+        "partial/max_staleness": float(policy_version - min(versions)) if versions else 0.0,
+        "partial/rounds": float(counts.rounds),
+        "partial/engine_calls": float(counts.engine_calls),
+        "partial/seconds": seconds,
+    }
+
+
 def generate_with_partial(
     engine: Any,
     rows: list[dict],
@@ -194,96 +290,30 @@ def generate_with_partial(
     inputs (engine weights, buffer, rows, params).
     """
     if cfg is None:
-        cfg = PartialRolloutConfig(enabled=True, max_buffer=buffer.max_buffer)
+        cfg = PartialRolloutConfig.model_validate({"enabled": True, "max_buffer": buffer.max_buffer})
     buffer.max_buffer = cfg.max_buffer  # the config is authoritative when given
     t0 = time.perf_counter()
-    tok = engine.tokenizer
     gen = torch.Generator(device="cpu")
     gen.manual_seed(params.seed if params.seed is not None else torch.seed() % (2**63))
 
-    groups = buffer.take()
-    carried_groups = len(groups)
-    carried_tokens = sum(g.generated_tokens for g in groups)
-    want = math.ceil(target_groups * cfg.over_provision)
-    seen = {g.row_id for g in groups}
-    fresh_rows: list[tuple[str, dict]] = []
-    for r in rows:
-        if len(groups) + len(fresh_rows) >= want:
-            break
-        rid = _row_id(r)
-        if rid not in seen:
-            seen.add(rid)
-            fresh_rows.append((rid, r))
-    if fresh_rows:
-        prompt_ids = engine.encode_prompts([messages_fn(r) for _, r in fresh_rows])
-        for (rid, r), pids in zip(fresh_rows, prompt_ids):
-            groups.append(GroupState(rid, r, list(pids), [SampleState(j) for j in range(group_size)], policy_version))
-
+    carried = (len(buffer.groups), sum(g.generated_tokens for g in buffer.groups))
+    groups, fresh = _start_groups(engine, rows, group_size, math.ceil(target_groups * cfg.over_provision), buffer,
+                                  policy_version, messages_fn)
     # A sample whose budget is already spent (the length schedule shrank) is finished as truncated.
     for g in groups:
         for s in g.samples:
             if not s.finished and len(s.token_ids) >= params.max_new_tokens:
                 s.finish_reason = "length"
 
-    def n_complete() -> int:
-        return sum(g.complete for g in groups)
-
-    new_tokens = engine_calls = rounds = 0
-    batch_size = max(1, int(getattr(engine, "max_batch_sequences", 64)))
-    while n_complete() < target_groups:
-        active = [(g, s) for g in groups for s in g.samples if not s.finished]
-        if not active:
+    counts = _Round()
+    while sum(g.complete for g in groups) < target_groups:
+        if not _continue_round(engine, groups, params, target_groups, cfg.chunk_tokens, policy_version, gen, counts):
             break
-        rounds += 1
-        for start in range(0, len(active), batch_size):
-            part = active[start : start + batch_size]
-            budget = [params.max_new_tokens - len(s.token_ids) for _, s in part]
-            chunk = min(cfg.chunk_tokens, max(budget))
-            p = params.model_copy(update={"max_new_tokens": chunk})
-            seqs = [g.prompt_token_ids + s.token_ids for g, s in part]
-            results = engine.sample_continuations(seqs, p, gen)
-            engine_calls += 1
-            for (_g, s), room, (toks, lps, reason) in zip(part, budget, results):
-                keep = min(len(toks), room)
-                s.token_ids.extend(toks[:keep])
-                s.logprobs.extend(lps[:keep])
-                s.versions.extend([policy_version] * keep)
-                new_tokens += keep
-                if reason == "stop" and keep == len(toks):
-                    s.finish_reason = "stop"
-                elif params.stop and _stop_in_tail(tok, s.token_ids, params.stop):
-                    s.finish_reason = "stop"
-                elif len(s.token_ids) >= params.max_new_tokens:
-                    s.finish_reason = "length"
-            if n_complete() >= target_groups:
-                break
 
     done = [g for g in groups if g.complete][:target_groups]
     done_ids = {id(g) for g in done}
     # Groups on which nothing was generated yet are plain prompts: cheaper to resample later.
-    rest = [g for g in groups if id(g) not in done_ids and g.generated_tokens > 0]
-    dropped = buffer.put(rest)
-
-    out = [CompleteGroup(g.row, g.prompt_token_ids, [_to_sample(i, s, tok) for s in g.samples])
+    dropped = buffer.put([g for g in groups if id(g) not in done_ids and g.generated_tokens > 0])
+    out = [CompleteGroup(g.row, g.prompt_token_ids, [_to_sample(i, s, engine.tokenizer) for s in g.samples])
            for i, g in enumerate(done)]
-    out_tokens = sum(len(s.versions) for g in done for s in g.samples)
-    stale_tokens = sum(v < policy_version for g in done for s in g.samples for v in s.versions)
-    versions = [v for g in done for s in g.samples for v in s.versions]
-    stats = {
-        "partial/complete_groups": float(len(done)),
-        "partial/carried_groups": float(carried_groups),
-        "partial/carried_tokens": float(carried_tokens),
-        "partial/new_groups": float(len(fresh_rows)),
-        "partial/buffered_groups": float(len(buffer)),
-        "partial/buffered_samples": float(buffer.num_samples),
-        "partial/buffered_unfinished": float(buffer.num_unfinished),
-        "partial/dropped_samples": float(dropped),
-        "partial/tokens_generated": float(new_tokens),
-        "partial/batch_tokens": float(out_tokens),
-        "partial/stale_token_frac": stale_tokens / max(1, out_tokens),
-        "partial/max_staleness": float(policy_version - min(versions)) if versions else 0.0,
-        "partial/rounds": float(rounds),
-        "partial/engine_calls": float(engine_calls),
-        "partial/seconds": time.perf_counter() - t0,
-    }
-    return out, stats
+    return out, _stats(done, buffer, carried, fresh, dropped, counts, policy_version, time.perf_counter() - t0)

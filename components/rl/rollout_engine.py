@@ -23,12 +23,15 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field
 
 from components.serving.vllm_server import VLLMOptions
+
+if TYPE_CHECKING:  # the RL config composes this module's RolloutVLLMConfig
+    from components.rl.config import RLConfig
 
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "pytorch_model*.json")
 TORCH_TO_VLLM_DTYPE = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -43,7 +46,7 @@ class RolloutVLLMConfig(VLLMOptions):
         "auto", description="how new weights reach the server: in place (dev-mode reload_weights) or by restart")
 
 
-def policy_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def policy_state_dict(model: Any) -> dict[str, torch.Tensor]:
     """The weights a plain transformers checkpoint of the current policy holds.
 
     A peft LoRA model gives its base weights plus each adapter's delta (merged), with the base
@@ -64,7 +67,8 @@ def policy_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
                     for adapter in mod.active_adapters:
                         if adapter in mod.lora_A:
                             key = f"{name}.weight"
-                            sd[key] = sd[key] + mod.get_delta_weight(adapter).to(sd[key].dtype)
+                            delta = mod.get_delta_weight(adapter)  # type: ignore[attr-defined]  # on LoraLayer's subclasses
+                            sd[key] = sd[key] + delta.to(sd[key].dtype)
     if getattr(base.config, "tie_word_embeddings", False):
         sd.pop("lm_head.weight", None)
     return sd
@@ -88,8 +92,8 @@ def export_policy(model: torch.nn.Module, out_dir: Path, template_dir: Path) -> 
     return out_dir
 
 
-def start_engine(cfg, model: torch.nn.Module, tokenizer: Any, template_dir: Path, start_step: int,
-                 dtype: torch.dtype, work_dir: Path):
+def start_engine(cfg: RLConfig, model: torch.nn.Module, tokenizer: Any, template_dir: Path, start_step: int,
+                 dtype: torch.dtype, work_dir: Path) -> Any:
     """The rollout engine ``cfg.engine`` names, holding the policy as it is at ``start_step``.
 
     ``cfg`` is the RL config. The caller closes the engine (it stops the vLLM server)."""
@@ -109,7 +113,7 @@ def start_engine(cfg, model: torch.nn.Module, tokenizer: Any, template_dir: Path
     return engine
 
 
-def sync_weights(engine, model: torch.nn.Module, version: int, template_dir: Path, work_dir: Path) -> dict[str, float]:
+def sync_weights(engine: Any, model: torch.nn.Module, version: int, template_dir: Path, work_dir: Path) -> dict[str, float]:
     """Hand the trainer's current weights to the engine as policy ``version``; returns timings.
 
     The in-process engine shares the model object, so only its version mark moves."""

@@ -16,7 +16,7 @@ import torch
 from components.artifacts import run_info_dir, split_measurements
 from components.compression.apply import compress_model
 from components.compression.export import export_compressed_tensors, export_dense, perplexity
-from components.rl.trainer import messages_for
+from components.prompts import messages_for
 from components.stages.curate import load_split
 
 

@@ -16,8 +16,9 @@ from components.difficulty.estimate import EstimateConfig, estimate_difficulty
 from components.difficulty.report import bucket_table, plot_pass_rate_histogram
 from components.engines.base import SamplingParams
 from components.engines.transformers_engine import engine_for
+from components.prompts import messages_for
 from components.rewards import get_reward
-from components.rl.trainer import RewardScorer, messages_for
+from components.scoring import RewardScorer
 from components.stages.curate import load_split
 
 SELECTION_FIELDS = ("selection", "enabled", "batch_prompts")

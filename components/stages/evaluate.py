@@ -33,7 +33,8 @@ from components.evaluation.runner import (
     greedy_pass,
     sampled_pass,
 )
-from components.rl.trainer import RewardScorer, messages_for
+from components.prompts import messages_for
+from components.scoring import RewardScorer
 from components.stages.curate import load_split
 
 

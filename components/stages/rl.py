@@ -6,17 +6,21 @@ from pathlib import Path
 
 import torch
 
-from components.difficulty.selection import select_prompts
-from components.rl.trainer import run_segment
+from components.difficulty.estimate import DifficultyRecord
+from components.difficulty.selection import SelectionConfig, select_prompts
+from components.rl.config import RLConfig
+from components.rl.segment import run_segment
+from components.stages.context import StageContext
 from components.stages.curate import load_split
 from components.stages.difficulty import load_records
 
 
-def segments(cfg) -> list[tuple[int, int]]:
+def segments(cfg: RLConfig) -> list[tuple[int, int]]:
     return [(s, min(cfg.steps, s + cfg.segment_steps)) for s in range(0, cfg.steps, cfg.segment_steps)]
 
 
-def training_pool(dataset_dir: Path, difficulty_dir: Path | None, selection) -> tuple[list[dict], list[float] | None, list[dict] | None]:
+def training_pool(dataset_dir: Path, difficulty_dir: Path | None, selection: SelectionConfig
+                  ) -> tuple[list[dict], list[float] | None, list[DifficultyRecord] | None]:
     rows = load_split(dataset_dir, "train")
     if difficulty_dir is None:
         return rows, None, None
@@ -30,9 +34,9 @@ def training_pool(dataset_dir: Path, difficulty_dir: Path | None, selection) -> 
     return pool, weights, records
 
 
-def run(cfg, selection, model_dir: Path, dataset_dir: Path, difficulty_dir: Path | None,
-        prev_checkpoint: Path | None, start: int, end: int, out_dir: Path, ctx,
-        dtype=torch.float32) -> dict[str, float]:
+def run(cfg: RLConfig, selection: SelectionConfig, model_dir: Path, dataset_dir: Path, difficulty_dir: Path | None,
+        prev_checkpoint: Path | None, start: int, end: int, out_dir: Path, ctx: StageContext,
+        dtype: torch.dtype = torch.float32) -> dict[str, float]:
     pool, weights, records = training_pool(dataset_dir, difficulty_dir, selection)
     return run_segment(
         base_model_dir=model_dir, init_checkpoint=prev_checkpoint, rows=pool, weights=weights,

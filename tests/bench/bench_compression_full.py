@@ -98,7 +98,8 @@ def evaluate(name: str, model, tok, rows: list[dict], max_new_tokens: int) -> di
     from components.engines.base import SamplingParams
     from components.engines.transformers_engine import TransformersEngine
     from components.evaluation.runner import Completion, EvalConfig, evaluate_candidate
-    from components.rl.trainer import RewardScorer, messages_for
+    from components.prompts import messages_for
+    from components.scoring import RewardScorer
 
     engine = TransformersEngine(model, tok, max_batch_sequences=64)
     msgs = {r["prompt"]: messages_for(r) for r in rows}

@@ -47,7 +47,10 @@ def main() -> None:
     import torch
 
     from components.recipe import RLConfig
-    from components.rl.trainer import run_segment
+    try:
+        from components.rl.segment import run_segment
+    except ImportError:  # --code older than the RL house (components/rl/trainer.py)
+        from components.rl.trainer import run_segment  # type: ignore[no-redef]
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -4,7 +4,7 @@ The rollouts are ``--prompts`` chat prompts (the bench_engine prompts) × ``--sa
 Responses are sampled by posttrain's engine (``--new-tokens`` tokens at T = 1) unless
 ``--synthetic``, which draws random tokens with lengths uniform in [new_tokens/2, new_tokens]
 (the update's cost depends on lengths, not on which tokens). Both paths run the trainer's own
-update (``components.rl.trainer._update``: micro-batches, DAPO loss, backward, clipping, AdamW)
+update (``components.rl.learner.Learner.update``: micro-batches, DAPO loss, backward, clipping, AdamW)
 from the same weights, alternately ``--repeats`` times in one process; the figure is the ratio of
 the median wall times. The log-probs of the two paths on the first micro-batch are compared too.
 
@@ -30,9 +30,9 @@ import torch  # noqa: E402
 from components.engines.base import SamplingParams  # noqa: E402
 from components.engines.transformers_engine import engine_for  # noqa: E402
 from components.models import build_tiny_model, load_model, load_tokenizer  # noqa: E402
-from components.recipe import RLConfig  # noqa: E402
 from components.rl.batch import TrainBatch, build_batch, response_logprobs  # noqa: E402
-from components.rl.trainer import _update  # noqa: E402
+from components.rl.config import RLConfig  # noqa: E402
+from components.rl.learner import Learner  # noqa: E402
 from tests.bench.bench_engine import prompts_for  # noqa: E402
 
 
@@ -57,10 +57,9 @@ def rollouts(model, tok, args) -> TrainBatch:
 
 
 def one_update(model_dir: Path, tb: TrainBatch, cfg: RLConfig, sizes: list[int]) -> float:
-    model = load_model(model_dir)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    learner = Learner(cfg, load_model(model_dir))
     t0 = time.perf_counter()
-    _update(model, opt, None, None, tb, sizes, cfg, step=0)
+    learner.update(tb, sizes, None, step=0)
     return time.perf_counter() - t0
 
 

@@ -26,7 +26,8 @@ def main() -> None:
     from components.engines.base import SamplingParams
     from components.engines.transformers_engine import TransformersEngine
     from components.models import load_model, load_tokenizer
-    from components.rl.trainer import RewardScorer, messages_for
+    from components.prompts import messages_for
+    from components.scoring import RewardScorer
     from components.stages.curate import load_split
 
     ap = argparse.ArgumentParser()

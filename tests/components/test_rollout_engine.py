@@ -11,7 +11,7 @@ from components.engines.transformers_engine import TransformersEngine
 from components.models import load_model
 from components.recipe import RecipeError, RLConfig, load_recipe
 from components.rl.rollout_engine import export_policy, policy_state_dict, start_engine, sync_weights
-from components.rl.trainer import run_segment
+from components.rl.segment import run_segment
 
 ROWS = [{"id": f"p{i}", "prompt": f"What is {i} + {i}?", "answer": str(2 * i), "system": None,
          "task": "numeric", "meta": "{}"} for i in range(4)]

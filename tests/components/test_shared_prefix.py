@@ -79,7 +79,7 @@ def test_old_logprobs_come_from_the_engine_only_for_the_same_policy(tiny_model_d
     from components.engines.base import SamplingParams
     from components.engines.transformers_engine import engine_for
     from components.models import load_tokenizer
-    from components.rl.trainer import engine_logps_are_old
+    from components.rl.learner import engine_logps_are_old
 
     model = load_model(tiny_model_dir)
     engine = engine_for(model, load_tokenizer(tiny_model_dir), "rl", policy_version=3)

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from components.recipe import RLConfig
-from components.rl.trainer import run_segment
+from components.rl.segment import run_segment
 
 ROWS = [{"id": f"p{i}", "prompt": f"What is {i} + {i}?", "answer": str(2 * i), "system": None,
          "task": "numeric", "meta": "{}"} for i in range(6)]
@@ -27,9 +27,9 @@ class _LetterReward:
 
 @pytest.fixture
 def parity_reward(monkeypatch):
-    import components.rl.trainer as trainer
+    import components.scoring as scoring
 
-    monkeypatch.setattr(trainer, "get_reward", lambda name: _LetterReward())
+    monkeypatch.setattr(scoring, "get_reward", lambda name: _LetterReward())
 
 
 def _cfg(**kw):
@@ -101,9 +101,9 @@ def test_dynamic_sampling_refills_zero_variance_groups(tiny_model_dir, tmp_path,
     # No completion is ever correct: every group has zero variance, so dynamic sampling keeps
     # drawing fresh prompts until the refill rounds run out. (The numeric reward on the random
     # tiny model is not enough: a sampled "0" does answer "What is 0 + 0?".)
-    import components.rl.trainer as trainer
+    import components.scoring as scoring
 
-    monkeypatch.setattr(trainer, "get_reward", lambda name: _NeverCorrect())
+    monkeypatch.setattr(scoring, "get_reward", lambda name: _NeverCorrect())
     logged = []
     cfg = _cfg(steps=1, dynamic_sampling=True, max_refill_rounds=2, prompts_per_step=2)
     run_segment(base_model_dir=tiny_model_dir, init_checkpoint=None, rows=ROWS, weights=None, difficulty=None,
@@ -156,18 +156,18 @@ def test_lora_segments_resume_exactly_and_export_merged_weights(tiny_model_dir, 
 
 def test_dars_allocation_keeps_the_budget_and_favours_hard_prompts():
     from components.difficulty.online import OnlineTracker
-    from components.rl.trainer import _group_sizes
+    from components.rl.collector import group_sizes
 
     cfg = _cfg(group_size=4, rollout_allocation="dars")
     tracker = OnlineTracker()
     rows = ROWS[:3]
     # p0 always solved, p1 solved 1 in 8 (hard but solvable), p2 half the time.
     tracker.update(["p0"] * 8 + ["p1"] * 8 + ["p2"] * 8, [1.0] * 8 + [1.0] + [0.0] * 7 + [1.0, 0.0] * 4)
-    sizes = _group_sizes(rows, cfg, tracker)
+    sizes = group_sizes(rows, cfg, tracker)
     assert sum(sizes) == len(rows) * cfg.group_size
     assert all(2 <= n <= 8 for n in sizes)
     assert sizes[1] > sizes[0]
-    assert _group_sizes(rows, _cfg(group_size=4), tracker) == [4, 4, 4]
+    assert group_sizes(rows, _cfg(group_size=4), tracker) == [4, 4, 4]
 
 
 def test_dars_segment_runs_with_variable_groups(tiny_model_dir, tmp_path, parity_reward):

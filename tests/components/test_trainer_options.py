@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 from components.difficulty.online import OnlineTracker
 from components.recipe import RLConfig
-from components.rl.trainer import PromptSampler, run_segment
+from components.rl.collector import PromptSampler
+from components.rl.segment import run_segment
 
 ROWS = [{"id": f"p{i}", "prompt": f"What is {i} + {i}?", "answer": str(2 * i), "system": None,
          "task": "numeric", "meta": "{}"} for i in range(6)]
@@ -28,9 +29,9 @@ class _LetterReward:
 
 @pytest.fixture
 def letter_reward(monkeypatch):
-    import components.rl.trainer as trainer
+    import components.scoring as scoring
 
-    monkeypatch.setattr(trainer, "get_reward", lambda name: _LetterReward())
+    monkeypatch.setattr(scoring, "get_reward", lambda name: _LetterReward())
 
 
 def _tracker() -> OnlineTracker:

@@ -177,9 +177,10 @@ def test_bf16_training_segment_on_cuda(tiny_model_dir, tmp_path, monkeypatch):
 
     from safetensors.torch import load_file
 
-    import components.rl.trainer as trainer
-    from components.recipe import RLConfig
+    import components.scoring as scoring
     from components.rewards import RewardResult
+    from components.rl.config import RLConfig
+    from components.rl.segment import run_segment
 
     class Letter:
         version = "test"
@@ -187,13 +188,13 @@ def test_bf16_training_segment_on_cuda(tiny_model_dir, tmp_path, monkeypatch):
         def __call__(self, text, answer, meta=None):
             return RewardResult(score=float(text[:1].isalpha()), parts={}, error=None)
 
-    monkeypatch.setattr(trainer, "get_reward", lambda name: Letter())
+    monkeypatch.setattr(scoring, "get_reward", lambda name: Letter())
     rows = [{"id": f"p{i}", "prompt": f"What is {i} + {i}?", "answer": str(2 * i), "system": None,
              "task": "numeric", "meta": "{}"} for i in range(6)]  # fmt: skip
     cfg = RLConfig(steps=2, segment_steps=2, prompts_per_step=3, group_size=4, max_new_tokens=6, lr=1e-2,
                    minibatch_size=6, micro_batch_size=3, seed=5, loss={"variant": "dapo", "kl_coef": 0.05})  # fmt: skip
     out = tmp_path / "seg"
-    summary = trainer.run_segment(
+    summary = run_segment(
         base_model_dir=tiny_model_dir, init_checkpoint=None, rows=rows, weights=None, difficulty=None, cfg=cfg,
         start_step=0, end_step=2, out_dir=out, device="cuda", dtype=torch.bfloat16,
     )  # fmt: skip

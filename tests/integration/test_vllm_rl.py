@@ -17,7 +17,7 @@ import pytest
 from components.engines.base import SamplingParams
 from components.recipe import RLConfig
 from components.rl.rollout_engine import start_engine
-from components.rl.trainer import run_segment
+from components.rl.segment import run_segment
 from components.serving.vllm_server import pid_alive
 
 pytestmark = pytest.mark.vllm
@@ -66,9 +66,9 @@ def _spy_factory(created: list):
 
 
 def test_rl_segment_with_vllm_engine(vllm_venv, tiny_models, tmp_path: Path, monkeypatch) -> None:
-    import components.rl.trainer as trainer
+    import components.scoring as scoring
 
-    monkeypatch.setattr(trainer, "get_reward", lambda name: _LowercaseReward())
+    monkeypatch.setattr(scoring, "get_reward", lambda name: _LowercaseReward())
     cfg = RLConfig(steps=3, segment_steps=3, prompts_per_step=2, group_size=4, max_new_tokens=8, lr=1e-4,
                    minibatch_size=8, micro_batch_size=8, epochs=1, seed=3, engine="vllm", vllm=SERVER)
     created: list = []

@@ -8,15 +8,19 @@ against the state folder of an earlier run of the unedited code.
 
 from __future__ import annotations
 
+import ast
 import shutil
 from pathlib import Path
 
 import pytest
 from smoke_cli import REPO, run, shared_runs
 
-# The difficulty stage imports components.rl.trainer (prompt format, reward scorer), which imports
-# components.rl.advantages: difficulty never names that module itself.
-EDITED = Path("components/rl/advantages.py")
+# The difficulty stage imports components.engines.base and components.engines.transformers_engine;
+# importing them runs the package module components/engines/__init__.py, which the stage never imports
+# itself. Every stage downstream reaches it too (engines, prompt format); model preparation and
+# curation, upstream, do not.
+EDITED = Path("components/engines/__init__.py")
+EDITED_MODULE = "components.engines"
 ORDER = ["prepare_model", "curate", "estimate_difficulty", "rl_train", "compress", "evaluate", "deploy"]
 FIRST_AFFECTED = "estimate_difficulty"
 
@@ -31,7 +35,16 @@ def _copy_code(dst: Path) -> Path:
 def test_editing_an_indirect_import_recomputes_that_stage_and_downstream_only(tmp_path_factory, tmp_path):
     state, first = shared_runs(tmp_path_factory)["a"]
     stage_src = (REPO / "components/stages/difficulty.py").read_text()
-    assert "components.rl.advantages" not in stage_src and "advantages" not in stage_src
+    named = {n.module for n in ast.walk(ast.parse(stage_src)) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(ast.parse(stage_src)) if isinstance(n, ast.Import) for a in n.names}
+    assert EDITED_MODULE not in named  # the stage never imports the edited module itself...
+    from components.caching import module_closure
+
+    # ... and yet reaches it, as do the stages after it; the stages before it do not.
+    for stage in ("difficulty", "rl", "compress", "evaluate", "deploy"):
+        assert EDITED_MODULE in {m for m, _ in module_closure(f"components.stages.{stage}")}, stage
+    for stage in ("prepare_model", "curate"):
+        assert EDITED_MODULE not in {m for m, _ in module_closure(f"components.stages.{stage}")}, stage
     code = _copy_code(tmp_path / "code")
     edited = code / EDITED
     edited.write_text(edited.read_text() + "\n\n# an edit a reviewer would ask to re-run the difficulty estimate for\n")

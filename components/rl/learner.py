@@ -1,0 +1,173 @@
+"""The learner: advantages, the training batch, micro-batching, the registered loss, backward,
+gradient clipping and the optimiser/scheduler step.
+
+It knows no loss variant: ``compute_loss`` dispatches on ``rl_train.loss.variant`` and the variant
+returns the tensor to backpropagate (its own micro-batch scaling included).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from components.rl.advantages import batch_normalize, group_advantages
+from components.rl.batch import TrainBatch, build_batch, plan_microbatches, response_logprobs
+from components.rl.collector import RolloutBatch
+from components.rl.config import RLConfig
+from components.rl.length import overlong_penalty
+from components.rl.losses import LossInputs, compute_loss
+
+
+def lr_lambda(warmup: int) -> Callable[[int], float]:
+    return lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
+
+
+def advantages(batch: RolloutBatch, cfg: RLConfig) -> list[torch.Tensor]:
+    """Per-sample advantages, group by group (groups may differ in size under DARS): rewards
+    (plus the overlong penalty) through the registered estimator, then optionally batch-normalised."""
+    shaped = [list(r) for r in batch.rewards]
+    if cfg.overlong is not None:
+        for k, g in enumerate(batch.groups):
+            pen = overlong_penalty([s.num_tokens for s in g.samples], batch.budget, cfg.overlong.buffer_len,
+                                   cfg.overlong.penalty)
+            shaped[k] = [a + b for a, b in zip(shaped[k], pen)]
+    adv = [group_advantages(torch.tensor([r], dtype=torch.float32), cfg.advantage, cfg.std_normalize)[0]
+           for r in shaped]
+    if cfg.batch_normalize:
+        flat_adv = batch_normalize(torch.cat(adv)[None, :])[0]
+        adv = list(torch.split(flat_adv, [len(r) for r in shaped]))
+    return adv
+
+
+def train_batch(batch: RolloutBatch, adv: list[torch.Tensor], pad_id: int) -> TrainBatch:
+    """Padded tensors of every sample: prompt + response ids, engine log-probs, versions, advantages."""
+    prompts, responses, elps, vers, advs = [], [], [], [], []
+    for g, a in zip(batch.groups, adv):
+        for s, ai in zip(g.samples, a.tolist()):
+            prompts.append(g.prompt_token_ids)
+            responses.append(s.token_ids)
+            elps.append(s.logprobs)
+            vers.append(s.versions)
+            advs.append(ai)
+    return build_batch(prompts, responses, elps, vers, advs, pad_id)
+
+
+def engine_logps_are_old(engine: Any, model: Any, tb: TrainBatch) -> bool:
+    """The engine's log-probs are the old policy's when the engine samples with the trainer's own
+    model object (so the same weights and dtype) in float32 or wider, and every token was sampled
+    by the current policy version (no carried-over partial-rollout tokens)."""
+    if getattr(engine, "model", None) is not model:
+        return False
+    if next(model.parameters()).dtype not in (torch.float32, torch.float64):
+        return False
+    version = getattr(engine, "policy_version", None)
+    return version is not None and bool(tb.versions[tb.resp_mask.bool()].eq(int(version)).all())
+
+
+@dataclass
+class UpdateResult:
+    stats: dict[str, list[float]] = field(default_factory=dict)  # per micro-batch
+    grad_norms: list[float] = field(default_factory=list)  # per optimiser step
+    seconds: float = 0.0
+
+
+class Learner:
+    """Owns the policy's optimiser and scheduler; ``update`` runs the passes over one batch."""
+
+    def __init__(self, cfg: RLConfig, model: Any, ref_model: Any | None = None) -> None:
+        self.cfg, self.model, self.ref_model = cfg, model, ref_model
+        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.warmup_steps))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+
+    def scheduler_step(self) -> float:
+        """Advance the learning-rate schedule; returns the rate the step just taken used."""
+        lr = float(self.sched.get_last_lr()[0])
+        self.sched.step()
+        return lr
+
+    def all_logps(self, model: Any, tb: TrainBatch) -> torch.Tensor:
+        """No-grad log-probs [B, T] of every rollout, micro-batch by micro-batch (groups are contiguous)."""
+        cfg, n = self.cfg, self.cfg.micro_batch_size
+        return torch.cat([
+            response_logprobs(model, tb.select(list(range(i, min(len(tb), i + n)))), cfg.temperature,
+                              cfg.logprob_chunk_size, share_prompts=cfg.share_prompts)[0].cpu()
+            for i in range(0, len(tb), n)
+        ])
+
+    def update(self, tb: TrainBatch, group_sizes: list[int], engine: Any, step: int) -> UpdateResult:
+        """The optimisation passes over one rollout batch.
+
+        Old-policy log-probs (needed when the batch takes several optimiser steps) come from the
+        engine when ``engine_logps_are_old``, else from a no-grad forward; the ratio's reference is
+        then the policy that sampled, and TIS against the engine log-probs stays exactly the
+        behaviour correction."""
+        cfg, model = self.cfg, self.model
+        t0 = time.perf_counter()
+        model.train()
+        order_rng = torch.Generator().manual_seed(cfg.seed * 7 + step)
+        needs_old = cfg.epochs > 1 or cfg.minibatch_size < len(tb)
+        from_engine = needs_old and engine_logps_are_old(engine, model, tb)
+        with torch.no_grad():
+            old_logp = (tb.engine_logp * tb.resp_mask) if from_engine else (self.all_logps(model, tb) if needs_old else None)
+            ref_logp = self.all_logps(self.ref_model, tb) if self.ref_model is not None else None
+        res = UpdateResult()
+        for _ in range(cfg.epochs):
+            for micro in plan_microbatches(group_sizes, cfg.minibatch_size, cfg.micro_batch_size, order_rng,
+                                           cfg.share_prompts):
+                mb_idx = torch.cat(micro)
+                mb_tokens = float(tb.resp_mask[mb_idx].sum().clamp(min=1))
+                model.zero_grad(set_to_none=True)
+                for sub in micro:
+                    # With engine old log-probs the engine/trainer gap is measured before the first update only.
+                    measure_gap = not from_engine or not res.grad_norms
+                    old = old_logp[sub] if old_logp is not None else None
+                    self._micro_step(tb.select(sub), old, ref_logp[sub] if ref_logp is not None else None,
+                                     len(sub) / len(mb_idx), mb_tokens, res.stats,
+                                     gap=(None if from_engine else old) if measure_gap else False)
+                gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                res.grad_norms.append(float(gn))
+                self.opt.step()
+        res.seconds = time.perf_counter() - t0
+        return res
+
+    def _micro_step(self, part: TrainBatch, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
+                    share: float, step_tokens: float, stats: dict[str, list[float]],
+                    gap: torch.Tensor | None | bool = None) -> None:
+        """Forward, loss and backward of one micro-batch (gradients accumulate); appends its stats.
+
+        ``gap``: the pre-update trainer log-probs the engine's are compared with (None: this
+        forward's, False: not measured)."""
+        cfg = self.cfg
+        logp, ent = response_logprobs(self.model, part, cfg.temperature, cfg.logprob_chunk_size,
+                                      share_prompts=cfg.share_prompts)
+        dev = logp.device
+        mask = part.resp_mask.to(dev)
+        out = compute_loss(LossInputs(
+            logp, old_logp.to(dev) if old_logp is not None else logp.detach(), part.advantages.to(dev), mask,
+            ref_logp=ref_logp.to(dev) if ref_logp is not None else None,
+            behaviour_logp=part.engine_logp.to(dev) if cfg.loss.tis_cap is not None else None,
+            entropy=ent, norm_len=cfg.max_new_tokens, step_share=share, step_tokens=step_tokens,
+        ), cfg.loss)
+        out.scaled.backward()
+        for k, v in out.metrics.items():
+            stats.setdefault(k, []).append(v)
+        # The loss is appended once more (it is also in the variant's metrics): the logged mean is the
+        # same, and the per-step history (part of the checkpoint's digest) keeps its exact bytes.
+        stats.setdefault("loss", []).append(float(out.loss.detach()))
+        if gap is not False:
+            # Engine vs trainer log-probs of the same (pre-update) policy.
+            trainer = logp.detach() if gap is None else gap.to(dev)  # type: ignore[union-attr]
+            diff = (part.engine_logp.to(dev) - trainer).abs() * mask
+            stats.setdefault("logprob_mismatch", []).append(float(diff.sum() / mask.sum().clamp(min=1)))
+            stats.setdefault("logprob_mismatch_max", []).append(float(diff.max()) if diff.numel() else 0.0)
