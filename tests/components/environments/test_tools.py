@@ -159,7 +159,7 @@ def test_countdown_rewards_reaching_the_target_by_steps():
     env = make_environment("countdown")
     env.reset({"prompt": "Make 22 from [3, 5, 7].", "answer": "22", "meta": {"numbers": [3, 5, 7], "target": 22}})
     env.step(call("combine", a=3, op="*", b=5))
-    assert "not a whole number" in env.step(call("combine", a=7, op="/", b=2)).messages[0]["content"]
+    assert "not a whole number" in env.step(call("combine", a=15, op="/", b=7)).messages[0]["content"]
     assert env.pool == [7, 15]
     assert env.step(call("combine", a=15, op="+", b=7)).messages[0]["content"].endswith("pool: [22]")
     assert env.step("22").reward == 1.0
