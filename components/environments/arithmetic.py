@@ -49,7 +49,7 @@ def _power(a: int | float, b: int | float) -> int | float:
 def _walk(node: ast.AST, depth: int) -> int | float:
     if depth > MAX_DEPTH:
         raise ToolError("expression nested too deeply")
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
         return _bounded(node.value)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         v = _walk(node.operand, depth + 1)

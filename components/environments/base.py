@@ -42,12 +42,12 @@ class EnvironmentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_turns: int = Field(4, ge=1, description="assistant turns per episode")
-    max_total_tokens: int = Field(512, ge=1, description="tokens after the prompt (model and tool tokens)")
-    tool_timeout_s: float = Field(2.0, gt=0, description="wall-clock limit of one tool call (s)")
-    max_tool_output_chars: int = Field(500, ge=16, description="a tool's output is cut to this many characters")
-    max_tool_call_chars: int = Field(2000, ge=16, description="a tool call longer than this is refused unparsed")
-    max_tool_errors: int = Field(3, ge=1, description="failed tool calls that end the episode")
+    max_turns: int = Field(default=4, ge=1, description="assistant turns per episode")
+    max_total_tokens: int = Field(default=512, ge=1, description="tokens after the prompt (model and tool tokens)")
+    tool_timeout_s: float = Field(default=2.0, gt=0, description="wall-clock limit of one tool call (s)")
+    max_tool_output_chars: int = Field(default=500, ge=16, description="a tool's output is cut to this many characters")
+    max_tool_call_chars: int = Field(default=2000, ge=16, description="a tool call longer than this is refused unparsed")
+    max_tool_errors: int = Field(default=3, ge=1, description="failed tool calls that end the episode")
 
 
 @dataclass

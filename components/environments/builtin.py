@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any
 
 from components.environments.arithmetic import calculator, convert_units, evaluate, format_number
-from components.environments.base import Environment, Message, register_environment
+from components.environments.base import Environment, Message, Observation, register_environment
 from components.environments.tools import Tool, ToolError
 
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
@@ -58,7 +58,7 @@ class CountdownEnvironment(Environment):
     equation that uses every given number once and evaluates to the target.
     """
 
-    def reset(self, row: dict[str, Any]):  # type: ignore[override]
+    def reset(self, row: dict[str, Any]) -> Observation:
         meta = row_meta(row)
         self.numbers = [int(x) for x in meta.get("numbers", [])]
         self.target = int(meta.get("target", row.get("answer", 0)))

@@ -78,7 +78,7 @@ def taught(tiny_model_dir):
     ids = prompt + [t for s, _ in segs for t in s]
     mask = [0] * len(prompt) + [m for s, m in segs for _ in s]
     x, sel = torch.tensor([ids]), torch.tensor(mask[1:], dtype=torch.bool)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
     torch.manual_seed(0)
     target = x[0, 1:][sel]
     for _ in range(300):
