@@ -43,6 +43,9 @@ class FieldMap(_Strict):
     system: str | None = Field(None, description="record field holding a system message; null: none")
     meta: str | list[str] | None = Field(None, description="field (object) or list of fields kept as row metadata")
     task: str | None = Field(None, description="field naming the reward per row (overrides the source's task)")
+    answer_format: Literal["plain", "gsm8k", "boxed"] = Field(
+        "plain", description="plain: the field is the answer; gsm8k: the text after the last '####'; "
+        "boxed: the content of the last \\boxed{}")
 
 
 class _SourceBase(_Strict):
@@ -113,7 +116,68 @@ class CountdownSource(_SourceBase):
         return v
 
 
-class _FileSource(_SourceBase):
+class WordProblemSource(_SourceBase):
+    """Multi-step word problems with integer answers (components/data/word_problems.py)."""
+
+    type: Literal["word_problems"] = Field("word_problems", description="source kind")
+    n: int = Field(ge=1, description="problems to generate")
+    steps: IntRange = Field((2, 3), description="operations after the starting quantity (a number or [min, max])")
+    digits: IntRange = Field((1, 2), description="digits of the starting quantity and of added/removed amounts")
+    operations: list[Literal["+", "-", "*", "/"]] = Field(
+        default_factory=lambda: ["+", "-", "*", "/"], min_length=1,
+        description="operations drawn per step (* and / use 2..9; / only when exact)")
+    themes: list[Literal["market", "savings", "warehouse", "library"]] = Field(
+        default_factory=lambda: ["market", "savings", "warehouse", "library"], min_length=1,
+        description="story templates drawn per problem")
+    seed: int = Field(0, description="generator seed")
+    template: str = Field("{problem} Give only the final number.", description="prompt text; {problem} is the story")
+    task: str = Field("numeric", description="reward function name")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: IntRange) -> IntRange:
+        return _check_range(v, 1, "steps")
+
+    @field_validator("digits")
+    @classmethod
+    def _digits(cls, v: IntRange) -> IntRange:
+        _check_range(v, 1, "digits")
+        if as_range(v)[1] > 6:
+            raise ValueError("digits above 6 are not supported")
+        return v
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if "{problem}" not in v:
+            raise ValueError("template must contain '{problem}'")
+        return v
+
+
+# Field conventions of well-known datasets: `convention: gsm8k` reads `question` and the number
+# after `####` in `answer`; `convention: math` reads `problem` and the last `\boxed{}` of `solution`.
+CONVENTIONS: dict[str, dict[str, Any]] = {
+    "gsm8k": {"prompt": "question", "answer": "answer", "answer_format": "gsm8k"},
+    "math": {"prompt": "problem", "answer": "solution", "answer_format": "boxed"},
+}
+
+
+class _Conventional(_SourceBase):
+    convention: Literal["gsm8k", "math"] | None = Field(
+        None, description="dataset field convention (gsm8k, math); sets `fields`, which may still override it")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_convention(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("convention") in CONVENTIONS:
+            given = data.get("fields") or {}
+            if isinstance(given, BaseModel):
+                given = given.model_dump(exclude_unset=True)
+            data = {**data, "fields": {**CONVENTIONS[data["convention"]], **given}}
+        return data
+
+
+class _FileSource(_Conventional):
     path: str = Field(min_length=1, description="local path or fsspec URL such as s3://bucket/key")
     fields: FieldMap = Field(default_factory=FieldMap, description="which record fields hold prompt, answer, ...")
     task: str = Field("numeric", description="reward function name for every row")
@@ -133,7 +197,7 @@ class CsvSource(_FileSource):
     delimiter: str = Field(default=",", min_length=1, max_length=1, description="column separator")
 
 
-class HfDiskSource(_SourceBase):
+class HfDiskSource(_Conventional):
     type: Literal["hf_disk"] = Field("hf_disk", description="source kind")
     path: str = Field(min_length=1, description="folder written by datasets' save_to_disk")
     split: str = Field("train", description="dataset split to read")
@@ -141,7 +205,7 @@ class HfDiskSource(_SourceBase):
     task: str = Field("numeric", description="reward function name for every row")
 
 
-class HfHubSource(_SourceBase):
+class HfHubSource(_Conventional):
     type: Literal["hf_hub"] = Field("hf_hub", description="source kind")
     dataset: str = Field(min_length=1, description="hub dataset id, e.g. openai/gsm8k")
     config_name: str | None = Field(None, description="dataset configuration name; null: the default")
@@ -152,7 +216,8 @@ class HfHubSource(_SourceBase):
 
 
 SourceConfig = Annotated[
-    Union[ArithmeticSource, CountdownSource, JsonlSource, ParquetSource, CsvSource, HfDiskSource, HfHubSource],
+    Union[ArithmeticSource, CountdownSource, WordProblemSource, JsonlSource, ParquetSource, CsvSource,
+          HfDiskSource, HfHubSource],
     Field(discriminator="type"),
 ]
 

@@ -26,11 +26,13 @@ from components.data.config import (
     JsonlSource,
     ParquetSource,
     SourceConfig,
+    WordProblemSource,
 )
 from components.data.errors import CurationError
 from components.data.generators import generate_arithmetic, generate_countdown
 from components.data.normalize import canonical_answer, normalize_text, prompt_id
 from components.data.rejects import RejectLog
+from components.data.word_problems import generate_word_problems
 
 MALFORMED_REASONS = ("bad_json", "missing_field", "wrong_type", "undecodable")
 _MISSING = object()
@@ -106,12 +108,41 @@ def _meta(record: dict[str, Any], spec: str | list[str] | None) -> dict[str, Any
     return value
 
 
+def _last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), balanced braces; None if absent."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start == -1:
+        return None
+    i = text.index("{", start) + 1
+    depth, begin = 1, i
+    while i < len(text) and depth:
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        i += 1
+    return text[begin : i - 1] if depth == 0 else None
+
+
+def final_answer(text: str, answer_format: str) -> str:
+    """The reference answer inside a worked solution (GSM8K ``#### 42``, MATH ``\\boxed{}``)."""
+    if answer_format == "gsm8k":
+        if "####" not in text:
+            raise Malformed("missing_field", "answer has no '#### <answer>' line (gsm8k convention)")
+        return text.rsplit("####", 1)[1].strip()
+    if answer_format == "boxed":
+        boxed = _last_boxed(text)
+        if boxed is None:
+            raise Malformed("missing_field", "solution has no balanced \\boxed{...} (math convention)")
+        return boxed.strip()
+    return text
+
+
 def to_row(record: Any, fields: FieldMap, task: str, source: str) -> dict[str, Any]:
     """Validate one record and return it in the curated schema (normalised)."""
     if not isinstance(record, dict):
         raise Malformed("wrong_type", f"record is {type(record).__name__}, not an object")
     prompt = _text(_get(record, fields.prompt), "prompt")
     answer = _text(_get(record, fields.answer), "answer", allow_number=True)
+    if answer is not None and fields.answer_format != "plain":
+        answer = final_answer(answer, fields.answer_format)
     system = _text(_get(record, fields.system), "system") if fields.system else None
     row_task = _text(_get(record, fields.task), "task") if fields.task else None
     meta = _meta(record, fields.meta)
@@ -246,6 +277,8 @@ def read_source(src: SourceConfig, rejects: RejectLog) -> ReadResult:
         return _collect(enumerate(generate_arithmetic(src)), src, _GENERATED_FIELDS, rejects)
     if isinstance(src, CountdownSource):
         return _collect(enumerate(generate_countdown(src)), src, _GENERATED_FIELDS, rejects)
+    if isinstance(src, WordProblemSource):
+        return _collect(enumerate(generate_word_problems(src)), src, _GENERATED_FIELDS, rejects)
     if isinstance(src, JsonlSource):
         return _collect(_jsonl_records(_read_bytes(src)), src, src.fields, rejects)
     if isinstance(src, CsvSource):

@@ -92,7 +92,8 @@ class VLLMEngine:
             out = out["input_ids"]
         return [int(t) for t in out]
 
-    def _request(self, prompt_ids: list[int], n: int, p: SamplingParams, seed: int | None) -> dict[str, Any]:
+    def _request(self, prompt_ids: list[int], n: int, p: SamplingParams, seed: int | None,
+                 include_stop: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.served_model_name,
             "prompt": prompt_ids,
@@ -108,6 +109,8 @@ class VLLMEngine:
         }
         if p.stop:
             body["stop"] = p.stop
+            if include_stop:
+                body["include_stop_str_in_output"] = True
         if seed is not None:
             body["seed"] = seed
         r = self._http.post(f"{self.base_url}/v1/completions", json=body)
@@ -153,6 +156,31 @@ class VLLMEngine:
                 )
             groups.append(group)
         return GenerationBatch(prompt_token_ids=prompt_ids, groups=groups, seconds=time.perf_counter() - t0)
+
+    def sample_continuations(self, seqs: list[list[int]], params: SamplingParams,
+                             gen: Any = None) -> list[tuple[list[int], list[float], str]]:
+        """One continuation of each token sequence (a prompt, or prompt + partial turns), as the
+        transformers engine's method of the same name: (token ids, log-probs, finish reason).
+
+        The ids go to ``/v1/completions`` as a token-id prompt, so multi-turn episodes keep the
+        exact tokens the trainer scores. Seeds: one per sequence, drawn from ``gen`` (a
+        ``torch.Generator``) when given, else ``params.seed + i``. Stop strings stay in the output."""
+        if gen is not None:
+            import torch
+
+            seeds: list[int | None] = [int(x) for x in torch.randint(0, 2**31 - 1, (len(seqs),), generator=gen)]
+        else:
+            seeds = [None if params.seed is None else params.seed + i for i in range(len(seqs))]
+        responses = list(self._pool.map(lambda a: self._request(a[0], 1, params, a[1], include_stop=True),
+                                        zip(seqs, seeds)))
+        out = []
+        for i, resp in enumerate(responses):
+            c = resp["choices"][0]
+            ids, lps = self._token_ids(c), [float(x) for x in c["logprobs"]["token_logprobs"]]
+            if len(lps) != len(ids):
+                raise ServerError(f"sequence {i}: {len(ids)} token ids but {len(lps)} log-probs")
+            out.append((ids, lps, "length" if c.get("finish_reason") == "length" else "stop"))
+        return out
 
     def update_weights(self, source: object, version: int) -> None:
         """Serve new weights: a checkpoint folder, a model with ``save_pretrained``, or a state dict.
