@@ -34,7 +34,7 @@ lint: setup
 	$(BIN)/mypy
 
 test: setup browser
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Debian's chromium drives the UI screenshot test (Playwright launches /usr/bin/chromium; it never
 # downloads a browser). Installed through apt when it is missing and we are root, as on CI.

@@ -20,38 +20,34 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return d
 
 
-# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup
-# --no-loadscope-reorder`): each test file is one unit of work (its module fixtures run once), the
-# files sharing the session's `posttrain ui` (tests/flows/conftest.py) are one unit, and the longest
-# units go first so neither worker is left with a long file at the end. Seconds measured on 2 cores
-# (2026-12-02); a file missing here only runs later.
+
+# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadfile
+# --no-loadscope-reorder`): each test file is one unit of work (its module fixtures run once, in one
+# worker) and the longest files go first, so neither worker is left with a long file at the end.
+# (`--dist loadgroup` cannot group here: xdist 3.8 marks groups in `item._nodeid`, which pytest 9
+# no longer reads.) Seconds measured on 2 cores, 2026-12-01; a file missing here only runs later.
 LONGEST_FIRST = [
-    "posttrain_ui",  # test_ui_form_browser, test_scheduled_retrain, test_ui_one_server
-    "tests/flows/test_kill_resume.py",
-    "tests/promises/test_derived_code_versions.py",
-    "tests/promises/test_gc_keeps_what_the_registry_needs.py",
-    "tests/promises/test_killed_runs_are_marked_crashed.py",
-    "tests/promises/test_reproducible_digests.py",
-    "tests/promises/test_mistakes_fail_before_work_in_one_line.py",
-    "tests/integration/test_s3_cache_two_process.py",
-    "tests/flows/test_prefect_deployments.py",
-    "tests/promises/test_registering_again_after_a_kill_reuses_the_version.py",
-    "tests/flows/test_concurrent_runs.py",
-    "tests/flows/test_ui_screenshots.py",
-    "tests/flows/test_smoke_flow.py",
-    "tests/flows/test_watch_run.py",
+    "tests/flows/test_ui_form_browser.py",  # 267
+    "tests/flows/test_kill_resume.py",  # 182
+    "tests/promises/test_derived_code_versions.py",  # 168
+    "tests/promises/test_gc_keeps_what_the_registry_needs.py",  # 149
+    "tests/flows/test_scheduled_retrain.py",  # 133
+    "tests/promises/test_killed_runs_are_marked_crashed.py",  # 128
+    "tests/promises/test_reproducible_digests.py",  # 127
+    "tests/promises/test_mistakes_fail_before_work_in_one_line.py",  # 114
+    "tests/integration/test_s3_cache_two_process.py",  # 111
+    "tests/flows/test_prefect_deployments.py",  # 108
+    "tests/promises/test_registering_again_after_a_kill_reuses_the_version.py",  # 101
+    "tests/flows/test_concurrent_runs.py",  # 97
+    "tests/flows/test_ui_one_server.py",  # 90
+    "tests/flows/test_ui_screenshots.py",  # 83
+    "tests/flows/test_smoke_flow.py",  # 80
+    "tests/flows/test_watch_run.py",  # 61
 ]
-
-
-def _work_unit(item: pytest.Item) -> str:
-    return "posttrain_ui" if "posttrain_ui" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    rank = {unit: i for i, unit in enumerate(LONGEST_FIRST)}
-    units = {id(item): _work_unit(item) for item in items}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(units[id(item)]))
-    order = {id(item): (rank.get(units[id(item)], len(rank)), i) for i, item in enumerate(items)}
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    order = {id(item): (rank.get(item.nodeid.split("::")[0], len(rank)), i) for i, item in enumerate(items)}
     items.sort(key=lambda item: order[id(item)])
