@@ -6,6 +6,9 @@ LOCK := requirements.lock
 STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
 RECIPE ?= default
 PYTEST_ARGS ?=
+# pytest-xdist workers of `make test` (many tests wait on servers: two workers keep 2 cores busy);
+# PYTEST_WORKERS=0 runs in one process. Units of work and their order: tests/conftest.py.
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup run test lint test-vllm test-gpu bench-gpu vllm bench ui clean browser serve-flows deploy-flows llmc test-llmc
 
@@ -31,7 +34,7 @@ lint: setup
 	$(BIN)/mypy
 
 test: setup browser
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Debian's chromium drives the UI screenshot test (Playwright launches /usr/bin/chromium; it never
 # downloads a browser). Installed through apt when it is missing and we are root, as on CI.

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
         None, description="MLflow UI base URL for links in Prefect (default: the one of `posttrain ui`, else :5000)")
     recipes_dir: Path = Field(Path("recipes"), description="YAML recipes offered by name in the Prefect UI form")
     cache_version: str = Field("1", description="bump to invalidate every cached stage")
+    cache_dir: Path = Field(default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "posttrain",
+                            description="machine-wide cache shared by state folders (empty migrated databases)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (torch.set_num_threads); "
                                 "None = torch's default (the physical cores)")
 

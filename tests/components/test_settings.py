@@ -76,11 +76,12 @@ def _python(code: str, **env: str) -> str:
 
 
 def test_posttrain_cli_sets_passive_omp_wait_before_torch_loads() -> None:
-    code = ("import sys, os; sys.argv = ['posttrain', '--help']\n"
+    # main() ends the process itself (flows.cli._exit): the value is printed by an exit handler.
+    code = ("import atexit, sys, os; sys.argv = ['posttrain', '--help']\n"
             "from flows.cli import main\n"
             "assert 'torch' not in sys.modules\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print(os.environ.get('OMP_WAIT_POLICY'))")
+            "atexit.register(lambda: print(os.environ.get('OMP_WAIT_POLICY')))\n"
+            "main()")
     assert _python(code) == "PASSIVE"
     assert _python(code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"  # an explicit choice is kept
 
