@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,26 @@ def save_policy(model: Any, tokenizer: Any, out_dir: Path, lora: bool) -> Any:
     ``adapter/`` (what the next segment resumes from); returns the saved (merged) model."""
     if lora:
         model.save_pretrained(out_dir / "adapter")
+        canonical_adapter(out_dir / "adapter")
         model = model.merge_and_unload()
     model.save_pretrained(out_dir / "model")
     tokenizer.save_pretrained(out_dir / "model")
     return model
+
+
+def canonical_adapter(folder: Path) -> None:
+    """Make a saved peft adapter the same bytes in any process and folder, so its segment digest
+    is reproducible: peft writes the base model's absolute path into ``adapter_config.json`` and a
+    README model card, and ``target_modules`` in set order (which follows PYTHONHASHSEED). The
+    base is this segment's input (its digest is in the cache key) and is passed explicitly when
+    the adapter is loaded, so the path is not needed."""
+    cfg_path = folder / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = None
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    (folder / "README.md").unlink(missing_ok=True)
 
 
 def update_sparsity(model: Any, base_model_dir: Path, device: str, dtype: torch.dtype) -> float:

@@ -154,6 +154,26 @@ def test_lora_segments_resume_exactly_and_export_merged_weights(tiny_model_dir, 
     assert not any("lora" in k for k in wf)
 
 
+def test_a_lora_segment_is_the_same_bytes_from_another_base_folder(tiny_model_dir, tmp_path, parity_reward):
+    """The adapter names neither the base model's folder nor a set order: the same segment from a
+    copy of the base in another folder (another state folder) has the same digest."""
+    import shutil
+
+    from components.artifacts import sha256_dir
+
+    cfg = _cfg(lora={"r": 4, "alpha": 8, "target_modules": ["v_proj", "q_proj", "o_proj"]}, lr=5e-2)
+    other_base = shutil.copytree(tiny_model_dir, tmp_path / "elsewhere" / "base")
+    digests = []
+    for base, out in ((tiny_model_dir, tmp_path / "a"), (other_base, tmp_path / "b")):
+        run_segment(base_model_dir=base, rows=ROWS, weights=None, difficulty=None, cfg=cfg,
+                    init_checkpoint=None, start_step=0, end_step=1, out_dir=out)
+        digests.append(sha256_dir(out / "adapter"))
+    assert digests[0] == digests[1]
+    saved = json.loads((tmp_path / "b" / "adapter" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] is None and saved["target_modules"] == ["o_proj", "q_proj", "v_proj"]
+    assert str(tmp_path) not in "".join(p.read_text(errors="ignore") for p in (tmp_path / "b" / "adapter").glob("*.json"))
+
+
 def test_dars_allocation_keeps_the_budget_and_favours_hard_prompts():
     from components.difficulty.online import OnlineTracker
     from components.rl.collector import group_sizes
