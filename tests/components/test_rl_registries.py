@@ -29,24 +29,6 @@ def zero_advantage(rewards: torch.Tensor, std_normalize: bool, eps: float) -> to
     return torch.zeros_like(rewards)
 
 
-class _LetterReward:
-    """1 when a completion starts with a letter: groups of the tiny random policy have reward variance."""
-
-    version = "test"
-
-    def __call__(self, text, answer, meta=None):
-        from components.rewards import RewardResult
-
-        return RewardResult(score=float(text[:1].isalpha()), parts={}, error=None)
-
-
-@pytest.fixture
-def letter_reward(monkeypatch):
-    import components.scoring as scoring
-
-    monkeypatch.setattr(scoring, "get_reward", lambda name: _LetterReward())
-
-
 def _rl(*overrides: str) -> RLConfig:
     small = ["rl_train.steps=1", "rl_train.segment_steps=1", "rl_train.prompts_per_step=2", "rl_train.group_size=3",
              "rl_train.max_new_tokens=4", "rl_train.lr=1e-2", "rl_train.seed=5"]

@@ -13,25 +13,6 @@ ROWS = [{"id": f"p{i}", "prompt": f"What is {i} + {i}?", "answer": str(2 * i), "
          "task": "numeric", "meta": "{}"} for i in range(6)]
 
 
-class _LetterReward:
-    """Scores 1 when a completion starts with a letter (about half of the tiny random policy's
-    samples): groups have reward variance, so every step really updates the weights."""
-
-    version = "test"
-
-    def __call__(self, text, answer, meta=None):
-        from components.rewards import RewardResult
-
-        return RewardResult(score=float(text[:1].isalpha()), parts={}, error=None)
-
-
-@pytest.fixture
-def parity_reward(monkeypatch):
-    import components.scoring as scoring
-
-    monkeypatch.setattr(scoring, "get_reward", lambda name: _LetterReward())
-
-
 def _cfg(**kw):
     base = dict(steps=2, segment_steps=1, prompts_per_step=2, group_size=3, max_new_tokens=4, lr=1e-2,
                 minibatch_size=3, micro_batch_size=2, epochs=2, seed=5)
@@ -43,7 +24,7 @@ def _weights(d):
     return load_file(str(d / "model" / "model.safetensors"))
 
 
-def test_resume_is_bitwise_identical(tiny_model_dir, tmp_path, parity_reward):
+def test_resume_is_bitwise_identical(tiny_model_dir, tmp_path, letter_reward):
     cfg = _cfg()
     full = tmp_path / "full"
     run_segment(base_model_dir=tiny_model_dir, init_checkpoint=None, rows=ROWS, weights=None, difficulty=None,
@@ -62,7 +43,7 @@ def test_resume_is_bitwise_identical(tiny_model_dir, tmp_path, parity_reward):
     assert json.loads((b / "tracker.json").read_text())
 
 
-def test_step_metrics_and_rollouts(tiny_model_dir, tmp_path, parity_reward):
+def test_step_metrics_and_rollouts(tiny_model_dir, tmp_path, letter_reward):
     logged = []
     cfg = _cfg(steps=1, loss={"variant": "dapo", "clip_high": 0.28, "kl_coef": 0.1, "entropy_coef": 0.01})
     out = tmp_path / "o"
@@ -113,7 +94,7 @@ def test_dynamic_sampling_refills_zero_variance_groups(tiny_model_dir, tmp_path,
     assert m["groups_sampled"] == 6  # 2 prompts x (1 + 2 refill rounds)
 
 
-def test_partial_rollouts_length_schedule_and_overlong(tiny_model_dir, tmp_path, parity_reward):
+def test_partial_rollouts_length_schedule_and_overlong(tiny_model_dir, tmp_path, letter_reward):
     """Partial rollouts carry a buffer through the checkpoint; the schedule sets the budget."""
     logged = []
     cfg = _cfg(steps=2, epochs=1, partial={"enabled": True, "over_provision": 2.0, "chunk_tokens": 2},
@@ -137,7 +118,7 @@ def test_partial_without_tis_is_refused():
         _cfg(partial={"enabled": True}, loss={"tis_cap": None})
 
 
-def test_lora_segments_resume_exactly_and_export_merged_weights(tiny_model_dir, tmp_path, parity_reward):
+def test_lora_segments_resume_exactly_and_export_merged_weights(tiny_model_dir, tmp_path, letter_reward):
     cfg = _cfg(lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}, lr=5e-2)
     full, a, b = tmp_path / "full", tmp_path / "a", tmp_path / "b"
     kw = dict(base_model_dir=tiny_model_dir, rows=ROWS, weights=None, difficulty=None, cfg=cfg)
@@ -154,7 +135,7 @@ def test_lora_segments_resume_exactly_and_export_merged_weights(tiny_model_dir, 
     assert not any("lora" in k for k in wf)
 
 
-def test_a_lora_segment_is_the_same_bytes_from_another_base_folder(tiny_model_dir, tmp_path, parity_reward):
+def test_a_lora_segment_is_the_same_bytes_from_another_base_folder(tiny_model_dir, tmp_path, letter_reward):
     """The adapter names neither the base model's folder nor a set order: the same segment from a
     copy of the base in another folder (another state folder) has the same digest."""
     import shutil
@@ -190,7 +171,7 @@ def test_dars_allocation_keeps_the_budget_and_favours_hard_prompts():
     assert group_sizes(rows, _cfg(group_size=4), tracker) == [4, 4, 4]
 
 
-def test_dars_segment_runs_with_variable_groups(tiny_model_dir, tmp_path, parity_reward):
+def test_dars_segment_runs_with_variable_groups(tiny_model_dir, tmp_path, letter_reward):
     import pyarrow.parquet as pq
 
     cfg = _cfg(steps=1, rollout_allocation="dars", prompts_per_step=3, group_size=4)

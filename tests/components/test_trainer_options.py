@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -13,25 +12,6 @@ from components.rl.segment import run_segment
 
 ROWS = [{"id": f"p{i}", "prompt": f"What is {i} + {i}?", "answer": str(2 * i), "system": None,
          "task": "numeric", "meta": "{}"} for i in range(6)]
-
-
-class _LetterReward:
-    """1 when a completion starts with a letter (about half of the tiny random policy's samples),
-    so groups have reward variance and the step really changes the weights."""
-
-    version = "test"
-
-    def __call__(self, text, answer, meta=None):
-        from components.rewards import RewardResult
-
-        return RewardResult(score=float(text[:1].isalpha()), parts={}, error=None)
-
-
-@pytest.fixture
-def letter_reward(monkeypatch):
-    import components.scoring as scoring
-
-    monkeypatch.setattr(scoring, "get_reward", lambda name: _LetterReward())
 
 
 def _tracker() -> OnlineTracker:
