@@ -37,7 +37,8 @@ def test_not_a_tty_prints_only_start_and_end_lines():
     assert re.search(r"rl_train +computed +12\.5s  reward_mean=0\.5$", lines[3])
 
 
-def test_tty_draws_a_bar_between_the_lines_and_clears_it():
+def test_tty_draws_a_bar_between_the_lines_and_clears_it(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")  # the bar fits the terminal; pytest-xdist workers report 80
     out = _Tty()
     tp = TerminalProgress(stream=out)
     assert tp.tty is True
