@@ -263,7 +263,7 @@ def prefect_server_note() -> str:
     if src["how"] == "ui.json":
         return f"Prefect server: {src['url']} (posttrain ui, pid {src['pid']}, recorded in {src['record']})"
     if src["how"] == "ephemeral":
-        return (f"Prefect server: ephemeral, started by Prefect on the database in {src['home']} "
+        return (f"Prefect server: ephemeral, started for this run on the database in {src['home']} "
                 "(no `posttrain ui` is running for this state folder)")
     if src["how"] == "unset":
         return "Prefect server: not chosen yet"

@@ -50,8 +50,14 @@ def _submit_form(page, prefect: str, dep_id: str, out: Path, base: str) -> str:
     page.screenshot(path=str(out / "prefect-run-form.png"))
     before = {r["id"] for r in flow_runs(base, dep_id)}
     page.get_by_role("button", name="Submit").click()
-    # Accepted: the UI goes back to the deployment's runs, where the new run is listed.
-    page.wait_for_url(re.compile(rf".*/deployments/deployment/{dep_id}\?tab=Runs"), timeout=120_000)
+    # Accepted: the UI goes back to the deployment's runs, where the new run is listed. The bound is
+    # wide: beside another test on the second core, the UI's POST once took over 2 minutes.
+    try:
+        page.wait_for_url(re.compile(rf".*/deployments/deployment/{dep_id}\?tab=Runs"), timeout=300_000)
+    except Exception:
+        page.screenshot(path=str(out / "prefect-run-form-after-submit.png"))
+        raise AssertionError(f"the form did not go back to the runs tab; page text: "
+                             f"{page.locator('body').inner_text()[:1500]}") from None
     (new,) = wait_for("the submitted run", lambda: [r for r in flow_runs(base, dep_id) if r["id"] not in before], 60)
     return new["id"]
 
