@@ -33,8 +33,13 @@ def test_two_simultaneous_runs_compute_each_stage_once(tmp_path):
     from components.tracking import Tracker
 
     state = tmp_path / "state"
-    cmds = [[sys.executable, "-m", "flows.cli", "run", "--recipe", "smoke", "--summary", str(tmp_path / f"{n}.json")]
-            for n in ("a", "b")]
+    # The second process starts its Prefect server after the first (one boot at a time migrates the
+    # database), ~20 s behind on a loaded machine: a longer difficulty estimate (~30 s) keeps the two
+    # runs overlapping on a stage, so the lock is really exercised.
+    longer = ["--set", "estimate_difficulty.max_new_tokens=32", "--set", "estimate_difficulty.min_samples=8",
+              "--set", "estimate_difficulty.max_samples=8"]
+    cmds = [[sys.executable, "-m", "flows.cli", "run", "--recipe", "smoke", *longer,
+             "--summary", str(tmp_path / f"{n}.json")] for n in ("a", "b")]
     logs = [open(tmp_path / f"{n}.log", "wb") for n in ("a", "b")]
     t0 = time.monotonic()
     procs = [subprocess.Popen(c, env=_env(state), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
