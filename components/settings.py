@@ -104,11 +104,12 @@ class Settings(BaseSettings):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _answers(url: str) -> bool:
+def answers(url: str, timeout_s: float = 0.5) -> bool:
+    """Whether ``url`` (a loopback health endpoint) answers 200 within ``timeout_s``."""
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=0.5) as r:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:  # noqa: S310 (loopback)
             return r.status == 200
     except Exception:
         return False
@@ -214,10 +215,10 @@ def _wait_answers(url: str, pid: int, timeout_s: float) -> bool:
 
     deadline = time.time() + timeout_s
     while time.time() < deadline and pid_alive(pid):
-        if _answers(url):
+        if answers(url):
             return True
         time.sleep(1.0)
-    return _answers(url)
+    return answers(url)
 
 
 def _use_prefect_server(s: Settings) -> None:
@@ -237,16 +238,16 @@ def _use_prefect_server(s: Settings) -> None:
     if "PREFECT_API_URL" in os.environ:
         _PREFECT_SOURCE.update(how="PREFECT_API_URL", url=os.environ["PREFECT_API_URL"])
         return
-    if s.prefect_api_url and _answers(s.prefect_api_url.rstrip("/") + "/health"):
+    if s.prefect_api_url and answers(s.prefect_api_url.rstrip("/") + "/health"):
         os.environ["PREFECT_API_URL"] = s.prefect_api_url
         _PREFECT_SOURCE.update(how="POSTTRAIN_PREFECT_API_URL", url=s.prefect_api_url)
         return
     if rec:
         url = rec["prefect_api_url"]
-        answers = _wait_answers(url.rstrip("/") + "/health", rec["pid"], 240.0)
-        if not answers and not pid_alive(rec["pid"]):  # the UI stopped meanwhile
+        up = _wait_answers(url.rstrip("/") + "/health", rec["pid"], 240.0)
+        if not up and not pid_alive(rec["pid"]):  # the UI stopped meanwhile
             rec = None
-        elif not answers:
+        elif not up:
             raise RuntimeError(f"the Prefect server of `posttrain ui` (pid {rec['pid']}, {record_path(s.state_path)}) "
                                f"does not answer at {url}; refusing to start a second server on the same database")
     if rec:

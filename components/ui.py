@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 from components import ui_record
-from components.settings import Settings
-from components.settings import _answers as answers
+from components.settings import Settings, answers
 
 PREFECT_PORT = 4200
 MLFLOW_PORT = 5000

@@ -282,12 +282,15 @@ def k8s_render(
     Deployment + Service and the Secret the pods read, each validated with kubernetes-validate.
     Secret values are never written: pods read them from the Secret."""
     from components.k8s import K8sConfig, ManifestError
-    from components.recipe import load_recipe
+    from components.recipe import RecipeError, load_recipe
     from components.tracking import Tracker, weights_uri
     from tasks.k8s import render
 
     settings = _env()
-    rec = load_recipe(recipe, [])
+    try:
+        rec = load_recipe(recipe, [])
+    except RecipeError as e:
+        _fail(e, 2, False)
     name = rec.deploy.registered_model_name
     model = None
     if model_uri:
@@ -300,9 +303,8 @@ def k8s_render(
                     vllm_replicas=vllm_replicas, prefect_api_url=prefect_api_url)
     try:
         files = render(out, settings, cfg, rec.name, model, kubernetes_version)
-    except ManifestError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+    except (ManifestError, OSError) as e:  # an invalid document, an unwritable --out
+        _fail(e, 2, False)
     for f in files:
         typer.echo(f"wrote {f}")
     if model is None:

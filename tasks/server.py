@@ -25,8 +25,9 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
+
+from components.settings import answers
 
 # What Prefect's SubprocessASGIServer sets for its ephemeral server process.
 _EPHEMERAL_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
@@ -39,14 +40,6 @@ def _reserve_port() -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 (loopback)
-            return r.status == 200
-    except Exception:
-        return False
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -94,7 +87,7 @@ class PrefectAPI:
         url = os.environ["PREFECT_API_URL"] + "/health"
         deadline = time.monotonic() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20"))
         try:
-            while not _answers(url):
+            while not answers(url, timeout_s=2):
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"the ephemeral Prefect server exited with code {self.proc.returncode} "
                                        f"before it answered at {url}")

@@ -109,3 +109,11 @@ def test_render_without_a_champion_says_so_and_skips_vllm(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "no champion of posttrain-smoke in the registry: vllm.yaml not written (pass --model-uri)" in r.stdout
     assert not (out / "vllm.yaml").exists() and (out / "raycluster.yaml").exists()
+
+
+def test_render_mistakes_are_one_line(tmp_path):
+    r = _render(tmp_path, tmp_path / "state", "--out", str(tmp_path / "k8s"), "--recipe", "no-such-recipe")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "no-such-recipe" in r.stderr, r.stderr
+    (tmp_path / "file").write_text("")
+    r = _render(tmp_path, tmp_path / "state", "--out", str(tmp_path / "file" / "k8s"), "--recipe", "smoke")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "file" in r.stderr, r.stderr
