@@ -114,6 +114,27 @@ def check_sources(rec) -> None:
                             "point it at a file with prompt/answer records or map its columns under fields")
 
 
+def check_ray(settings, timeout_s: float) -> None:
+    """With ``executor=ray``: an address is set, ray is installed and the cluster's GCS port answers."""
+    import importlib.util
+    import socket
+
+    if settings.ray_address is None:
+        raise UserError("POSTTRAIN_EXECUTOR=ray but POSTTRAIN_RAY_ADDRESS is not set",
+                        "set POSTTRAIN_RAY_ADDRESS to the host:port `ray start --head` printed, or unset POSTTRAIN_EXECUTOR")
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("prefect_ray") is None:
+        raise UserError("POSTTRAIN_EXECUTOR=ray but ray or prefect-ray is not installed",
+                        "install the pinned ray and prefect-ray (requirements.lock) or unset POSTTRAIN_EXECUTOR")
+    host, _, port = settings.ray_address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        raise UserError(f"the Ray cluster at POSTTRAIN_RAY_ADDRESS={settings.ray_address} does not answer "
+                        f"({type(e).__name__}: {e})",
+                        "start it (`ray start --head --node-ip-address 127.0.0.1 --port P`) or fix the address") from e
+
+
 def preflight(rec, settings) -> None:
     """All checks of a run, cheapest first; the first failure is raised."""
     ps = PreflightSettings()
@@ -126,6 +147,8 @@ def preflight(rec, settings) -> None:
         check_writable(root, "artifact root", "POSTTRAIN_ARTIFACT_ROOT")
         check_free_space(root, "artifact root", ps.min_free_mb)
     check_sources(rec)
+    if settings.executor == "ray":
+        check_ray(settings, ps.s3_timeout_s)
 
 
 def write_error_log(state: Path, exc: BaseException) -> Path:

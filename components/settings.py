@@ -10,6 +10,7 @@ import os
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,13 @@ class Settings(BaseSettings):
                             description="machine-wide cache shared by state folders (empty migrated databases)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (torch.set_num_threads); "
                                 "None = torch's default (the physical cores)")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="local: fan-out tasks run in threads of this process; ray: on the Ray cluster at "
+        "ray_address (prefect-ray's RayTaskRunner)")
+    ray_address: str | None = Field(None, description="the Ray cluster (GCS address host:port, as `ray start --head` "
+                                    "prints) for executor=ray")
+    task_retries: int = Field(2, ge=0, description="retries of a fan-out task after an infrastructure error "
+                              "(a Ray worker or node that died, OSError/ConnectionError); never after a user error")
 
     @property
     def state_path(self) -> Path:
@@ -94,6 +102,30 @@ class Settings(BaseSettings):
         if self.s3_access_key and self.s3_secret_key:
             env["AWS_ACCESS_KEY_ID"] = self.s3_access_key.get_secret_value()
             env["AWS_SECRET_ACCESS_KEY"] = self.s3_secret_key.get_secret_value()
+        return env
+
+    def worker_env(self) -> dict[str, str]:
+        """The settings a Ray worker needs to see this run's state folder, artifact store and MLflow,
+        as ``POSTTRAIN_*`` variables (they go into Ray's runtime_env). Never a secret: S3 keys come
+        from each node's own environment (the shell that ran ``ray start``)."""
+        env = {
+            "POSTTRAIN_STATE_DIR": str(self.state_path),
+            "POSTTRAIN_ARTIFACT_ROOT": self.artifact_uri,
+            "POSTTRAIN_MLFLOW_TRACKING_URI": self.tracking_uri,
+            "POSTTRAIN_DEVICE": self.device,
+            "POSTTRAIN_CACHE_VERSION": self.cache_version,
+            "POSTTRAIN_CACHE_DIR": str(self.cache_dir.expanduser()),
+            "POSTTRAIN_TASK_RETRIES": str(self.task_retries),
+            "POSTTRAIN_EXECUTOR": "local",  # a worker never starts a task runner of its own
+        }
+        if self.s3_endpoint_url:
+            env["POSTTRAIN_S3_ENDPOINT_URL"] = self.s3_endpoint_url
+            env["MLFLOW_S3_ENDPOINT_URL"] = self.s3_endpoint_url
+        if self.threads:
+            env["POSTTRAIN_THREADS"] = str(self.threads)
+        if self.mlflow_ui_url:
+            env["POSTTRAIN_MLFLOW_UI_URL"] = self.mlflow_ui_url
+        env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
         return env
 
     def resolved_device(self) -> str:

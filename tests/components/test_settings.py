@@ -93,3 +93,23 @@ def test_posttrain_threads_sets_torch_threads_where_settings_load() -> None:
     assert _python(code, POSTTRAIN_THREADS="1") == "1 PASSIVE"
     with pytest.raises(ValidationError, match="threads"):
         Settings(threads=0)
+
+
+def test_worker_env_carries_where_things_are_but_never_a_key(tmp_path: Path) -> None:
+    """What a Ray worker is given (runtime_env): the state folder, artifact store, MLflow URI and
+    endpoint, so it reads and writes the same places; the S3 keys stay with each node's environment."""
+    s = Settings(_env_file=None, state_dir=tmp_path, executor="ray", ray_address="127.0.0.1:6379", **S3)
+    env = s.worker_env()
+    assert env["POSTTRAIN_STATE_DIR"] == str(tmp_path) and env["POSTTRAIN_ARTIFACT_ROOT"] == s.artifact_uri
+    assert env["POSTTRAIN_MLFLOW_TRACKING_URI"] == s.tracking_uri
+    assert env["POSTTRAIN_S3_ENDPOINT_URL"] == S3["s3_endpoint_url"]
+    assert env["POSTTRAIN_EXECUTOR"] == "local"
+    text = repr(env)
+    assert S3["s3_access_key"] not in text and S3["s3_secret_key"] not in text
+
+
+def test_executor_accepts_local_and_ray_only(tmp_path: Path) -> None:
+    assert Settings(_env_file=None, state_dir=tmp_path).executor == "local"
+    assert Settings(_env_file=None, state_dir=tmp_path).task_retries == 2
+    with pytest.raises(ValidationError, match="local"):
+        Settings(_env_file=None, state_dir=tmp_path, executor="dask")
