@@ -113,9 +113,10 @@ def run(
 
         api = begin_prefect_api(settings.lock_dir)  # boots while the flow's modules import
         from flows.post_training import post_training
+        from tasks.executor import task_runner
 
         ensure_prefect_api(settings.lock_dir, api)
-        result = post_training(recipe=recipe, overrides=set_, stages=stage_list)
+        result = post_training.with_options(task_runner=task_runner(settings))(recipe=recipe, overrides=set_, stages=stage_list)
     except (UserError, RecipeError) as e:
         _fail(e, 2, debug)
     except Exception as e:  # noqa: BLE001 - one line and the log file, never 500 lines

@@ -18,6 +18,7 @@ from pathlib import Path  # noqa: E402
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from components import runowners  # noqa: E402
@@ -41,7 +42,8 @@ from tasks import deploy as deploy_t  # noqa: E402
 from tasks import difficulty as difficulty_t  # noqa: E402
 from tasks import evaluate as evaluate_t  # noqa: E402
 from tasks import prepare_model as model_t  # noqa: E402
-from tasks.common import announce_run, reporting, run_stage, store, tracker  # noqa: E402
+from tasks.common import announce_run, reporting, run_stage, run_stages, store, tracker  # noqa: E402
+from tasks.executor import task_runner  # noqa: E402
 from tasks.reconcile import reconcile  # noqa: E402
 
 
@@ -124,7 +126,9 @@ def resolve_recipe(recipe: str, config: Recipe | None, overrides: list[str] | No
         raise RecipeError("; ".join(x.strip() for x in format_validation_error(e).splitlines())) from None
 
 
-@flow(name="post-training", log_prints=True)
+# Fan-out tasks run one at a time here unless the caller picks the executor's task runner
+# (``posttrain run`` and ``main`` do: tasks.executor.task_runner).
+@flow(name="post-training", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def post_training(recipe: RecipeName = "smoke", overrides: list[Override] | None = None,
                   stages: list[StageName] | None = None, config: Recipe | None = None) -> dict:
     """Base model + prompts -> curated data, difficulty, GRPO, compression, gated deployment.
@@ -166,9 +170,15 @@ def post_training(recipe: RecipeName = "smoke", overrides: list[Override] | None
         results[name], cached[name] = res, hit
         return res
 
+    def fan_out(task_fn, refresh: bool, jobs: list[tuple[str, dict]]) -> list[StageResult]:
+        done = run_stages(task_fn, jobs, parent_run_id=parent, refresh=refresh)
+        for (name, _inputs), (res, hit) in zip(jobs, done):
+            results[name], cached[name] = res, hit
+        return [res for res, _hit in done]
+
     status = "FAILED"
     try:
-        _chain(rec, last, stage, results, cached, {"prefect_flow_run_id": fr_id, "mlflow_parent_run_id": parent})
+        _chain(rec, last, stage, fan_out, results, cached, {"prefect_flow_run_id": fr_id, "mlflow_parent_run_id": parent})
         status = "FINISHED"
     finally:
         summary = build_summary(fr_id, parent, results, cached, time.perf_counter() - t_start)
@@ -180,14 +190,14 @@ def post_training(recipe: RecipeName = "smoke", overrides: list[Override] | None
     return summary
 
 
-def _chain(rec: Recipe, last: int, stage, results: dict, cached: dict, run_lineage: dict) -> None:
-    """The stages in order, up to stage index ``last``; ``stage`` runs one cached task."""
+def _chain(rec: Recipe, last: int, stage, fan_out, results: dict, cached: dict, run_lineage: dict) -> None:
+    """The stages in order, up to stage index ``last``; ``stage`` runs one cached task, ``fan_out``
+    submits independent ones (difficulty shards, compression variants, evaluation passes)."""
     model = stage("prepare_model", model_t.prepare_model_task, rec.model.refresh, cfg=rec.model).outputs["model"]
     dataset = stage("curate", curate_t.curate_task, rec.curate.refresh, cfg=rec.curate, model=model).outputs["dataset"]
     difficulty = None
     if last >= 1 and rec.estimate_difficulty.enabled:
-        difficulty = stage("estimate_difficulty", difficulty_t.difficulty_task, rec.estimate_difficulty.refresh,
-                           cfg=rec.estimate_difficulty, model=model, dataset=dataset).outputs["difficulty"]
+        difficulty = _difficulty(rec, stage, fan_out, model, dataset)
     if last >= 2:
         with reporting("rl_train") as (rep, _owner):  # the subflow reports into this one
             r = rl_train_flow(cfg=rec.rl_train, selection=rec.estimate_difficulty.selection, model=model,
@@ -198,17 +208,13 @@ def _chain(rec: Recipe, last: int, stage, results: dict, cached: dict, run_linea
         checkpoint = r.outputs["checkpoint"]
         candidates = {"base": model, "rl": checkpoint}
         if last >= 3:
-            for v in rec.compress.variants:
-                c = stage(f"compress:{v.name}", compress_t.compress_task, rec.compress.refresh,
-                          run_name=f"compress-{v.name}", variant=v, calib_n=rec.compress.calibration_samples,
-                          seq_len=rec.compress.calibration_seq_len, checkpoint=checkpoint, dataset=dataset)
-                candidates[v.name] = c.outputs["compressed"]
+            variants = fan_out(compress_t.compress_task, rec.compress.refresh, [
+                (f"compress:{v.name}", dict(variant=v, calib_n=rec.compress.calibration_samples,
+                                            seq_len=rec.compress.calibration_seq_len, checkpoint=checkpoint,
+                                            dataset=dataset)) for v in rec.compress.variants])
+            candidates.update({v.name: c.outputs["compressed"] for v, c in zip(rec.compress.variants, variants)})
         if last >= 4:
-            # A champion that is one of this run's candidates adds no new evidence, so it
-            # does not change evaluate's key (the rerun of an unchanged recipe is a cache hit).
-            champ, champ_is = _champion(rec, candidates)
-            ev = stage("evaluate", evaluate_t.evaluate_task, rec.evaluate.refresh, cfg=rec.evaluate,
-                       dataset=dataset, candidates=candidates, champion=champ, champion_is=champ_is)
+            ev = _evaluate(rec, stage, fan_out, dataset, candidates)
             if last >= 5:
                 lineage = {
                     "recipe": rec.name, "recipe_digest": rec.digest(), "dataset_sha256": dataset.sha256,
@@ -219,6 +225,33 @@ def _chain(rec: Recipe, last: int, stage, results: dict, cached: dict, run_linea
                 stage("deploy", deploy_t.deploy_task, rec.deploy.refresh, cfg=rec.deploy,
                       evaluation=ev.outputs["evaluation"], candidates=candidates, lineage=lineage,
                       run_lineage=run_lineage)
+
+
+def _difficulty(rec: Recipe, stage, fan_out, model, dataset):
+    """The estimate: in one task, or ``shards`` shard tasks and a merge (same key, same payload)."""
+    cfg = rec.estimate_difficulty
+    shards = None
+    if cfg.shards > 1:
+        parts = fan_out(difficulty_t.difficulty_shard_task, cfg.refresh, [
+            (f"estimate_difficulty:shard-{i}-of-{cfg.shards}", dict(cfg=cfg, shard=i, shards=cfg.shards, model=model,
+                                                                    dataset=dataset)) for i in range(cfg.shards)])
+        shards = [p.outputs["difficulty_shard"] for p in parts]
+    return stage("estimate_difficulty", difficulty_t.difficulty_task, cfg.refresh, cfg=cfg, model=model,
+                 dataset=dataset, shards=shards).outputs["difficulty"]
+
+
+def _evaluate(rec: Recipe, stage, fan_out, dataset, candidates: dict):
+    """One pass task per model (candidates and a champion from the registry), then the gate."""
+    # A champion that is one of this run's candidates adds no new evidence, so it
+    # does not change evaluate's key (the rerun of an unchanged recipe is a cache hit).
+    champ, champ_is = _champion(rec, candidates)
+    models = {**candidates, **({"champion": champ} if champ is not None else {})}
+    done = fan_out(evaluate_t.evaluate_passes_task, rec.evaluate.refresh, [
+        (f"evaluate_passes:{name}", dict(cfg=rec.evaluate, name=name, model=ref, dataset=dataset))
+        for name, ref in models.items()])
+    passes = {name: d.outputs["evaluation_passes"] for name, d in zip(models, done)}
+    return stage("evaluate", evaluate_t.evaluate_task, rec.evaluate.refresh, cfg=rec.evaluate, dataset=dataset,
+                 candidates=candidates, champion=champ, champion_is=champ_is, passes=passes)
 
 
 def _reward_curve_to_parent(trk, parent: str, rl: StageResult | None) -> None:
@@ -234,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stages", default=None)
     p.add_argument("--summary", default=None)
     a = p.parse_args(argv)
-    s = post_training(recipe=a.recipe, overrides=a.overrides, stages=a.stages.split(",") if a.stages else None)
+    run = post_training.with_options(task_runner=task_runner())
+    s = run(recipe=a.recipe, overrides=a.overrides, stages=a.stages.split(",") if a.stages else None)
     if a.summary:
         with open(a.summary, "w") as f:
             json.dump(s, f, indent=2, default=str)

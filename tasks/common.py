@@ -423,3 +423,54 @@ def run_stage(task_fn, *, stage: str, parent_run_id: str, refresh: bool = False,
         result.info["cached"] = cached
         rep.end(cached, result.metrics, result.info)
     return result, cached
+
+
+def _submit(task_fn: Task, label: str, run_id: str, refresh: bool, kwargs: dict):
+    """Submit one fan-out task to the flow's task runner, with retries after infrastructure errors
+    (Prefect's, in the task's process) and Ray's resubmission when that process dies."""
+    from tasks.executor import ray_remote_options, retry_infrastructure
+
+    s = get_settings()
+    fn = task_fn.with_options(task_run_name=task_run_name(label), retries=s.task_retries,
+                              retry_condition_fn=retry_infrastructure, refresh_cache=refresh or None)
+    if s.executor != "ray":
+        return fn.submit(run_id=run_id, **kwargs)
+    from prefect_ray.context import remote_options
+
+    with remote_options(**ray_remote_options(s)):
+        return fn.submit(run_id=run_id, **kwargs)
+
+
+def run_stages(task_fn: Task, jobs: list[tuple[str, dict]], *, parent_run_id: str, refresh: bool = False,
+               ) -> list[tuple[StageResult, bool]]:
+    """``run_stage`` for independent jobs ``(label, task inputs)`` of one task: each gets its child
+    run and its report, all are submitted (``.submit()``: the task runner places them: threads
+    here, Ray tasks with POSTTRAIN_EXECUTOR=ray), then their results are gathered in order."""
+    trk = tracker()
+    out: list[tuple[StageResult, bool]] = []
+    with contextlib.ExitStack() as stack:
+        pending = []
+        for label, kwargs in jobs:
+            run_id = trk.start_run(label.replace(":", "-"), parent_run_id, tags={"stage": label})
+            rep, _owner = stack.enter_context(reporting(label))  # the submitted task copies this context
+            pending.append((label, kwargs, run_id, rep, _submit(task_fn, label, run_id, refresh, kwargs)))
+        for i, (label, kwargs, run_id, rep, fut) in enumerate(pending):
+            try:
+                fut.wait()
+                state = fut.state
+                result: StageResult = state.result()
+                cached = was_cached(state)
+                if cached and not all(store().exists(r) for r in result.outputs.values()):
+                    result, cached = call_stage_task(task_fn, label, run_id, True, **kwargs)
+            except BaseException:
+                for _label, _kw, other, _rep, _fut in pending[i:]:
+                    trk.end_run(other, "FAILED")
+                raise
+            if cached:
+                trk.set_tags(run_id, {"cache_hit": "true", "cache_key": result.key})
+                trk.log_metrics(run_id, result.metrics)
+            trk.end_run(run_id)
+            result.info.update(mlflow_run_id=run_id, cached=cached)
+            rep.end(cached, result.metrics, result.info)
+            out.append((result, cached))
+    return out

@@ -62,17 +62,43 @@ class FilePassCache:
         tmp.replace(path)  # atomic: a concurrent reader sees the whole file or none
 
 
+def passes_key(cfg: EvaluateConfig, name: str, model: ArtifactRef, dataset: ArtifactRef) -> str:
+    """One model's passes: by its digest, not its name (the same model under another name, the base
+    model of another recipe, is read back); ``name`` is only a label."""
+    conf = {"eval": cfg.model_dump(mode="json", exclude={"refresh", "gate"})}
+    return make_key("evaluate_passes", conf, {"model": model, "dataset": dataset}, stage.__name__)
+
+
+def _pass_cache(cfg: EvaluateConfig, digests: dict[str, str], dataset: ArtifactRef) -> FilePassCache:
+    return FilePassCache(get_settings().state_path / "cache" / "evaluate_pass", cfg, digests, dataset,
+                         read=not cfg.refresh)
+
+
+@stage_task("evaluate_passes", key=passes_key, tags=GPU)
+def evaluate_passes_task(run_id: str, cfg: EvaluateConfig, name: str, model: ArtifactRef, dataset: ArtifactRef):
+    """One model's greedy and sampled passes (the evaluation's fan-out unit); the gate reads them."""
+    st = store()
+    cache = _pass_cache(cfg, {name: model.sha256}, dataset)
+    return execute("evaluate_passes", passes_key(cfg, name, model, dataset), run_id,
+                   {"model": name, **cfg.model_dump(mode="json", exclude={"refresh", "gate"})}, "evaluation_passes",
+                   lambda out, ctx: stage.run_passes(cfg, name, st.local_path(model), st.local_path(dataset), out, ctx,
+                                                     cache=cache), meta={"model": name})
+
+
 @stage_task("evaluate", key=key_for, tags=GPU)
 def evaluate_task(run_id: str, cfg: EvaluateConfig, dataset: ArtifactRef, candidates: dict[str, ArtifactRef],
-                  champion: ArtifactRef | None = None, champion_is: str | None = None):
+                  champion: ArtifactRef | None = None, champion_is: str | None = None,
+                  passes: dict[str, ArtifactRef] | None = None):
+    """The gate over every model's passes. ``passes`` (not in the key): the pass tasks' outputs by
+    model name; a model without one is evaluated here."""
     st = store()
     paths = {n: st.local_path(r) for n, r in candidates.items()}
     champ = ("champion", st.local_path(champion)) if champion is not None else None
     digests = {n: r.sha256 for n, r in candidates.items()}
     if champion is not None:
         digests["champion"] = champion.sha256
-    cache = FilePassCache(get_settings().state_path / "cache" / "evaluate_pass", cfg, digests, dataset,
-                          read=not cfg.refresh)
+    handed = {n: stage.read_passes(st.local_path(r)) for n, r in (passes or {}).items()}
+    cache = stage.DictPassCache(handed, _pass_cache(cfg, digests, dataset))
     return execute("evaluate", key_for(cfg, dataset, candidates, champion), run_id,
                    cfg.model_dump(mode="json", exclude={"refresh"}), "evaluation",
                    lambda out, ctx: stage.run(cfg, paths, st.local_path(dataset), out, ctx, champion=champ,

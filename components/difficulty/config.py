@@ -18,5 +18,8 @@ class DifficultyStageConfig(EstimateConfig):
     selection: SelectionConfig = Field(default_factory=lambda: SelectionConfig.model_validate({}),
                                        description="which prompts RL samples, and in what order")
     batch_prompts: int = Field(32, ge=1, description="prompts per generation call")
+    shards: int = Field(1, ge=1, description="split the estimate into this many tasks (blocks of batch_prompts "
+                        "prompts each); the merged payload is the same for any count, so this only spreads the work "
+                        "(POSTTRAIN_EXECUTOR=ray runs the shards on the cluster)")
     enabled: bool = Field(True, description="false: skip the estimate; RL draws from every curated prompt")
     refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")

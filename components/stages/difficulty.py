@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from components.difficulty.estimate import EstimateConfig, estimate_difficulty
+from components.difficulty.estimate import EstimateConfig, EstimateResult, estimate_difficulty
 from components.difficulty.report import bucket_table, plot_pass_rate_histogram
 from components.engines.base import SamplingParams
 from components.engines.transformers_engine import engine_for
@@ -21,7 +21,11 @@ from components.rewards import get_reward
 from components.scoring import RewardScorer
 from components.stages.curate import load_split
 
-SELECTION_FIELDS = ("selection", "enabled", "batch_prompts")
+# Fields that do not change the estimate. ``shards`` only splits the work: a prompt's samples
+# depend on its block (``batch_prompts`` consecutive curated prompts, one generation call per
+# round) and the seed, never on the shard its block landed in, so any shard count gives the same
+# payload. ``batch_prompts`` does change the samples (it is the block) and stays in the key.
+SELECTION_FIELDS = ("selection", "enabled", "shards")
 
 
 def estimate_key_config(cfg, rows_tasks: set[str] | None = None) -> dict:
@@ -34,33 +38,90 @@ def estimate_key_config(cfg, rows_tasks: set[str] | None = None) -> dict:
     return d
 
 
-def run(cfg, model_dir: Path, dataset_dir: Path, out_dir: Path, ctx, dtype=torch.float32) -> dict[str, float]:
+def shard_rows(n_rows: int, batch_prompts: int, shard: int, shards: int) -> list[int]:
+    """Row indices of shard ``shard`` of ``shards``: whole blocks of ``batch_prompts`` rows, dealt
+    round-robin (block b goes to shard b % shards), so shards stay balanced."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is not in 0..{shards - 1}")
+    return [i for i in range(n_rows) if (i // batch_prompts) % shards == shard]
+
+
+def block_seed(seed: int, block: int, round_index: int) -> int:
+    """The sampling seed of one block's generation call in one round (rounds < 10_007)."""
+    return (seed * 1_000_003 + block) * 10_007 + round_index
+
+
+def estimate_rows(cfg, rows: list[dict], row_indices: list[int], model_dir: Path, ctx,
+                  dtype=torch.float32) -> EstimateResult:
+    """The estimate of the rows at ``row_indices`` (whole blocks): each round generates once per
+    block with that block's still-active prompts and the block's own seed."""
     from components.models import load_model, load_tokenizer
 
-    rows = load_split(dataset_dir, "train")
     model = load_model(model_dir, ctx.device, dtype)
     engine = engine_for(model, load_tokenizer(model_dir), "difficulty")
     scorer = RewardScorer()
 
     def sample_fn(indices: list[int], n: int, round_index: int) -> list[list[float]]:
-        out: list[list[float]] = []
-        for s in range(0, len(indices), cfg.batch_prompts):
-            part = [rows[i] for i in indices[s : s + cfg.batch_prompts]]
-            params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
-                                    max_new_tokens=cfg.max_new_tokens,
-                                    seed=cfg.seed * 1_000_003 + round_index * 10_007 + s)
+        by_block: dict[int, list[int]] = {}
+        for i in indices:
+            by_block.setdefault(row_indices[i] // cfg.batch_prompts, []).append(i)
+        rewards: dict[int, list[float]] = {}
+        for block, members in by_block.items():
+            part = [rows[row_indices[i]] for i in members]
+            params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                                    seed=block_seed(cfg.seed, block, round_index))
             batch = engine.generate([messages_for(r) for r in part], n, params)
-            out.extend([[scorer(r, smp.text) for smp in g] for r, g in zip(part, batch.groups)])
-        return out
+            for i, r, g in zip(members, part, batch.groups):
+                rewards[i] = [scorer(r, smp.text) for smp in g]
+        return [rewards[i] for i in indices]
 
-    n_rows = max(1, len(rows))
+    n_rows = max(1, len(row_indices))
 
     def progress(d: dict) -> None:
         ctx.progress(f"round {d.get('round')}: {d.get('finished')}/{n_rows} prompts settled, "
                      f"{d.get('samples_used')} samples", float(d.get("finished", 0)) / n_rows)
 
     est_cfg = EstimateConfig.model_validate(cfg.model_dump(include=set(EstimateConfig.model_fields)))
-    result = estimate_difficulty([r["id"] for r in rows], sample_fn, est_cfg, progress=progress)
+    return estimate_difficulty([rows[i]["id"] for i in row_indices], sample_fn, est_cfg, progress=progress)
+
+
+def merge_results(rows: list[dict], parts: list[EstimateResult]) -> EstimateResult:
+    """One estimate from shard estimates: records in curated-row order, sample counts summed."""
+    by_id = {r.id: r for p in parts for r in p.records}
+    missing = [row["id"] for row in rows if row["id"] not in by_id]
+    if missing or len(by_id) != len(rows):
+        raise ValueError(f"the shards cover {len(by_id)} of {len(rows)} prompts (missing e.g. {missing[:3]})")
+    cfg = parts[0].config if parts else EstimateConfig()
+    return EstimateResult(records=[by_id[row["id"]] for row in rows],
+                          samples_used=sum(p.samples_used for p in parts),
+                          samples_fixed_k=sum(p.samples_fixed_k for p in parts), config=cfg)
+
+
+def run_shard(cfg, shard: int, shards: int, model_dir: Path, dataset_dir: Path, out_dir: Path, ctx,
+              dtype=torch.float32) -> dict[str, float]:
+    """One shard's estimate, as ``difficulty.parquet`` in ``out_dir`` (merged by ``merge``)."""
+    rows = load_split(dataset_dir, "train")
+    result = estimate_rows(cfg, rows, shard_rows(len(rows), cfg.batch_prompts, shard, shards), model_dir, ctx, dtype)
+    result.to_parquet(out_dir / "difficulty.parquet")
+    return {"prompts": float(len(result.records)), "samples_used": float(result.samples_used)}
+
+
+def run(cfg, model_dir: Path, dataset_dir: Path, out_dir: Path, ctx, dtype=torch.float32) -> dict[str, float]:
+    """The whole estimate in this process (the payload equals ``merge`` of any sharding)."""
+    rows = load_split(dataset_dir, "train")
+    return write_estimate(estimate_rows(cfg, rows, list(range(len(rows))), model_dir, ctx, dtype), rows, out_dir, ctx)
+
+
+def merge(shard_dirs: list[Path], dataset_dir: Path, out_dir: Path, ctx) -> dict[str, float]:
+    """The stage's payload from the shards' estimates (each a folder with ``difficulty.parquet``)."""
+    from components.difficulty.estimate import read_parquet
+
+    rows = load_split(dataset_dir, "train")
+    parts = [read_parquet(Path(d) / "difficulty.parquet") for d in shard_dirs]
+    return write_estimate(merge_results(rows, parts), rows, out_dir, ctx)
+
+
+def write_estimate(result: EstimateResult, rows: list[dict], out_dir: Path, ctx) -> dict[str, float]:
     result.to_parquet(out_dir / "difficulty.parquet")
     summary = result.summary()
     (out_dir / "manifest.json").write_text(json.dumps({"rows": len(rows), "summary": summary}, indent=2, default=str))

@@ -171,17 +171,68 @@ def _evaluate_all(cfg, todo: dict[str, Path], rows: list[dict], ctx, dtype, cach
     return {n: reports[n] for n in todo}
 
 
-def run(cfg, candidates: dict[str, Path], dataset_dir: Path, out_dir: Path, ctx,
-        champion: tuple[str, Path] | None = None, champion_is: str | None = None,
-        dtype=torch.float32, cache: PassCache | None = None) -> dict[str, float]:
-    """``champion_is`` names the candidate that is already the champion (evaluated once);
-    ``cache`` keeps pass results across runs (none: every model is evaluated)."""
+def load_eval_rows(cfg, dataset_dir: Path) -> list[dict]:
+    """The held-out rows every model is evaluated on (``max_rows`` of the eval split)."""
     rows = load_split(dataset_dir, "eval")
     if cfg.max_rows:
         rows = rows[: cfg.max_rows]
     if not rows:
         raise ValueError("the eval split is empty: raise curate.eval_fraction")
-    rows, _ids = eval_rows(rows, cfg)
+    return eval_rows(rows, cfg)[0]
+
+
+class DictPassCache:
+    """Passes handed in by value (the per-model pass tasks' outputs) in front of another cache."""
+
+    def __init__(self, passes: dict[str, dict[str, dict]], behind: PassCache | None = None):
+        self.passes, self.behind = passes, behind or NoPassCache()
+
+    def get(self, name: str, phase: str) -> dict | None:
+        return self.passes.get(name, {}).get(phase) or self.behind.get(name, phase)
+
+    def put(self, name: str, phase: str, value: dict) -> None:
+        self.behind.put(name, phase, value)
+
+
+def run_passes(cfg, name: str, model_dir: Path, dataset_dir: Path, out_dir: Path, ctx,
+               dtype=torch.float32, cache: PassCache | None = None) -> dict[str, float]:
+    """One model's passes (greedy when configured, and sampled) as ``passes.json`` in ``out_dir``:
+    the unit the evaluation fans out over; the gate (``run``) reads them back. The sampled pass
+    runs even for a contender whose greedy pass will fail the gate (that is not known before the
+    references' passes end); ``run`` leaves it out of that contender's report as before."""
+    rows = load_eval_rows(cfg, dataset_dir)
+    cand = _Candidate(name, model_dir, rows, cfg, ctx, dtype, cache or NoPassCache(),
+                      lambda phase: ctx.progress(f"{name}: {phase}", 0.5))
+    greedy, sampled = cand.greedy(), cand.sampled()
+    passes: dict[str, dict] = {"sampled": sampled.model_dump(mode="json")}
+    timings: dict[str, float] = {}
+    if greedy is not None:
+        passes["greedy"] = greedy.model_dump(mode="json", exclude={"latency"})
+        timings["greedy_latency"] = greedy.latency  # a run record: outside the payload's digest
+    (out_dir / "passes.json").write_text(json.dumps(passes, sort_keys=True))
+    (run_info_dir(out_dir) / "passes.json").write_text(json.dumps({**cand.passes, **timings}))
+    metrics = {"sampled_correct": float(sum(sampled.correct))}
+    if greedy is not None:
+        metrics["greedy_pass1"] = sum(greedy.correct) / max(1, len(greedy.correct))
+    return metrics
+
+
+def read_passes(pass_dir: Path) -> dict[str, dict]:
+    """A ``run_passes`` folder's passes, the greedy latency merged back in."""
+    passes = json.loads((Path(pass_dir) / "passes.json").read_text())
+    info = Path(pass_dir) / RUN_INFO_DIR / "passes.json"
+    latency = json.loads(info.read_text()).get("greedy_latency", 0.0) if info.exists() else 0.0
+    if "greedy" in passes:
+        passes["greedy"] = {**passes["greedy"], "latency": latency}
+    return passes
+
+
+def run(cfg, candidates: dict[str, Path], dataset_dir: Path, out_dir: Path, ctx,
+        champion: tuple[str, Path] | None = None, champion_is: str | None = None,
+        dtype=torch.float32, cache: PassCache | None = None) -> dict[str, float]:
+    """``champion_is`` names the candidate that is already the champion (evaluated once);
+    ``cache`` keeps pass results across runs (none: every model is evaluated)."""
+    rows = load_eval_rows(cfg, dataset_dir)
     todo = dict(candidates)
     if champion is not None:
         todo["champion"] = champion[1]

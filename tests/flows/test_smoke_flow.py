@@ -31,7 +31,8 @@ def flow_env(tmp_path_factory):
 
 
 STAGES = ["prepare_model", "curate", "estimate_difficulty", "rl_train", "compress:rtn-w8",
-          "compress:magnitude-2:4", "evaluate", "deploy"]
+          "compress:magnitude-2:4", "evaluate_passes:base", "evaluate_passes:rl", "evaluate_passes:rtn-w8",
+          "evaluate_passes:magnitude-2:4", "evaluate", "deploy"]
 
 
 def test_smoke_flow_runs_then_caches(flow_env):
@@ -70,8 +71,10 @@ def test_smoke_flow_runs_then_caches(flow_env):
     third = post_training(recipe="smoke", overrides=["compress.variants=[rtn-w8a8-sq, magnitude-2:4]"])
     cached = {k: v["cached"] for k, v in third["stages"].items()}
     assert cached == {"prepare_model": True, "curate": True, "estimate_difficulty": True, "rl_train": True,
-                      "compress:rtn-w8a8-sq": False, "compress:magnitude-2:4": True, "evaluate": False,
-                      "deploy": False}
+                      "compress:rtn-w8a8-sq": False, "compress:magnitude-2:4": True,
+                      "evaluate_passes:base": True, "evaluate_passes:rl": True,
+                      "evaluate_passes:rtn-w8a8-sq": False, "evaluate_passes:magnitude-2:4": True,
+                      "evaluate": False, "deploy": False}
     w8a8 = Path(next(iter(third["stages"]["compress:rtn-w8a8-sq"]["outputs"].values()))["uri"])
     assert json.loads((w8a8 / "model" / "activation_quant.json").read_text())["num_bits"] == 8
     qc = json.loads((w8a8 / "compressed" / "config.json").read_text())["quantization_config"]
@@ -122,8 +125,12 @@ def test_evaluation_reuses_passes_by_model_digest_and_skips_sampling_after_a_fai
     assert b["stages"]["rl_train"]["outputs"] != a["stages"]["rl_train"]["outputs"]
     passes = json.loads((_evaluation(b) / "_run_info" / "passes.json").read_text())
     assert passes == b["stages"]["evaluate"]["passes"]
-    assert passes["base"] == {"greedy": "cached", "sampled": "cached"}
-    assert passes["rl"] == {"greedy": "run", "sampled": "run"}
+    # One pass task per model (the fan-out unit): base's is a cache hit, rl's is computed; the
+    # gate reads every pass from them.
+    assert b["stages"]["evaluate_passes:base"]["cached"] is True
+    assert b["stages"]["evaluate_passes:base"]["outputs"] == a["stages"]["evaluate_passes:base"]["outputs"]
+    assert b["stages"]["evaluate_passes:rl"]["cached"] is False
+    assert passes["base"] == passes["rl"] == {"greedy": "cached", "sampled": "cached"}
     reports_a = json.loads((_evaluation(a) / "reports.json").read_text())
     reports_b = json.loads((_evaluation(b) / "reports.json").read_text())
     assert reports_b["base"] == reports_a["base"]
