@@ -65,12 +65,13 @@ def _recording(calls):
     return factory
 
 
-def test_two_rollout_workers_sample_the_rollouts_of_one(local_ray, tiny_model_dir, tmp_path, letter_reward):
+def test_two_workers_and_two_ranks_give_the_rollouts_and_weights_of_one_process(local_ray, tiny_model_dir,
+                                                                                tmp_path, letter_reward):
     calls_one, calls_two = [], []
     one = _segment(tiny_model_dir, tmp_path / "one", _cfg(steps=2), 0, 2, engine_factory=_recording(calls_one))
-    two = _segment(tiny_model_dir, tmp_path / "two", _cfg(steps=2, rollout_workers=2), 0, 2,
-                   engine_factory=_recording(calls_two))
-    # step 1 samples with the weights the actors received after step 0's update
+    two = _segment(tiny_model_dir, tmp_path / "two", _cfg(steps=2, rollout_workers=2, learner={"world_size": 2}),
+                   0, 2, engine_factory=_recording(calls_two))
+    # Step 1 samples with the weights the actors received after step 0's update.
     assert len(calls_one) == len(calls_two) == 2
     for a, b in zip(calls_one, calls_two):
         assert [[t for t, _ in g] for g in a] == [[t for t, _ in g] for g in b]
@@ -81,17 +82,11 @@ def test_two_rollout_workers_sample_the_rollouts_of_one(local_ray, tiny_model_di
         assert [(r["prompt_id"], r["text"], r["policy_version"]) for r in ra] == \
             [(r["prompt_id"], r["text"], r["policy_version"]) for r in rb]
         assert {r["policy_version"] for r in rb} == {step}
-    assert not any(a["name"].startswith(ACTOR_PREFIX) for a in local_ray.util.list_named_actors(all_namespaces=True))
-
-
-def test_learner_world_size_two_reaches_the_weights_of_one(local_ray, tiny_model_dir, tmp_path, letter_reward):
-    one = _segment(tiny_model_dir, tmp_path / "w1", _cfg(steps=2), 0, 2)
-    two = _segment(tiny_model_dir, tmp_path / "w2", _cfg(steps=2, learner={"world_size": 2}), 0, 2)
     w1, w2, base = _weights(one), _weights(two), load_file(str(tiny_model_dir / "model.safetensors"))
     assert w1.keys() == w2.keys()
     assert max(float((w1[k] - base[k]).abs().max()) for k in w1) > 1e-4  # two steps really moved the weights
     assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-5
-    assert [r["text"] for r in _rollouts(one, 1)] == [r["text"] for r in _rollouts(two, 1)]
+    assert not any(a["name"].startswith(ACTOR_PREFIX) for a in local_ray.util.list_named_actors(all_namespaces=True))
 
 
 def _kill_at(ray, step, kind):
@@ -103,16 +98,19 @@ def _kill_at(ray, step, kind):
     return hook
 
 
-@pytest.mark.parametrize("kind", ["learner", "rollout"])
-def test_a_dead_actor_fails_the_segment_and_the_rerun_resumes(local_ray, tiny_model_dir, tmp_path, letter_reward,
-                                                              kind):
-    cfg = _cfg(rollout_workers=2, learner={"world_size": 2})
-    first = _segment(tiny_model_dir, tmp_path / "first", cfg, 0, 1)
+def test_a_dead_learner_rank_fails_the_segment_and_the_rerun_resumes(local_ray, tiny_model_dir, tmp_path,
+                                                                     letter_reward):
+    cfg = _cfg()
+    first = _segment(tiny_model_dir, tmp_path / "first", cfg, 0, 1)  # in process: its checkpoint resumes at W = 2
     whole = _segment(tiny_model_dir, tmp_path / "whole", cfg, 1, 3, init=first)
+    dist = cfg.model_copy(update={"learner": cfg.learner.model_copy(update={"world_size": 2})})
     with pytest.raises(RolloutWorkerError, match="actor died"):
-        _segment(tiny_model_dir, tmp_path / "broken", cfg, 1, 3, init=first, log_metrics=_kill_at(local_ray, 1, kind))
+        _segment(tiny_model_dir, tmp_path / "broken", dist, 1, 3, init=first,
+                 log_metrics=_kill_at(local_ray, 1, "learner"))
     assert not (tmp_path / "broken" / "trainer_state.pt").exists()
-    rerun = _segment(tiny_model_dir, tmp_path / "rerun", cfg, 1, 3, init=first)
+    rerun = _segment(tiny_model_dir, tmp_path / "rerun", dist, 1, 3, init=first)
     a, b = _weights(whole), _weights(rerun)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert not all(torch.equal(a[k], _weights(first)[k]) for k in a)
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    assert max(float((a[k] - _weights(first)[k]).abs().max()) for k in a) > 1e-4
+    assert [r["text"] for r in _rollouts(whole, 2)] == [r["text"] for r in _rollouts(rerun, 2)]
