@@ -122,8 +122,8 @@ class DistributedLearner:
         opts: dict[str, Any] = {"max_restarts": 0}
         if device.startswith("cuda"):
             opts["num_gpus"] = 1
-        actor = ray.remote(_LearnerRank)
-        self.ranks = [actor.options(name=f"{ACTOR_PREFIX}-learner-{tag}-{r}", **opts).remote(
+        actor: Any = ray.remote(_LearnerRank)
+        self.ranks: list[Any] = [actor.options(name=f"{ACTOR_PREFIX}-learner-{tag}-{r}", **opts).remote(
             cfg, r, str(base_model_dir), device, dtype) for r in range(world)]
         try:
             host, port = self._call([self.ranks[0].address.remote()], "learner start")[0]

@@ -125,8 +125,8 @@ class RolloutWorkerPool:
         self.policy_version = policy_version
         self.timeout_s = timeout_s
         tag = uuid.uuid4().hex[:8]
-        actor = ray.remote(_RolloutWorker)
-        self.actors = [actor.options(name=f"{ACTOR_PREFIX}-rollout-{tag}-{k}", max_restarts=0).remote(
+        actor: Any = ray.remote(_RolloutWorker)
+        self.actors: list[Any] = [actor.options(name=f"{ACTOR_PREFIX}-rollout-{tag}-{k}", max_restarts=0).remote(
             str(model_dir), dtype, threads, policy_version) for k in range(workers)]
         self.update_weights(model, policy_version)
 

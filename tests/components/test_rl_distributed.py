@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from components.recipe import RLConfig
