@@ -96,12 +96,12 @@ def shares(total: int, parts: int) -> list[tuple[int, int]]:
 class _RolloutWorker:
     """One engine replica (a Ray actor): a transformers engine on a copy of the policy."""
 
-    def __init__(self, model_dir: str, dtype: torch.dtype, threads: int, policy_version: int) -> None:
+    def __init__(self, model_dir: str, device: str, dtype: torch.dtype, threads: int, policy_version: int) -> None:
         torch.set_num_threads(threads)
         from components.engines.transformers_engine import engine_for
         from components.models import load_model, load_tokenizer
 
-        model = load_model(Path(model_dir), "cpu", dtype)
+        model = load_model(Path(model_dir), device, dtype)
         self.engine = engine_for(model, load_tokenizer(Path(model_dir)), "rl", policy_version=policy_version)
 
     def generate(self, prompts: list[list[Message]], n: int, params: SamplingParams) -> GenerationBatch:
@@ -116,7 +116,7 @@ class _RolloutWorker:
 
 class RolloutWorkerPool:
     """N rollout actors with the engine interface: ``generate``, ``update_weights``,
-    ``policy_version``, ``close``."""
+    ``policy_version``, ``close``. On CUDA each actor takes one GPU; on CPU ``threads`` threads."""
 
     def __init__(self, workers: int, model: Any, model_dir: Path, policy_version: int, dtype: torch.dtype,
                  threads: int = 1, timeout_s: float = 600.0) -> None:
@@ -125,9 +125,11 @@ class RolloutWorkerPool:
         self.policy_version = policy_version
         self.timeout_s = timeout_s
         tag = uuid.uuid4().hex[:8]
+        device = "cuda" if next(model.parameters()).device.type == "cuda" else "cpu"  # one GPU per actor on CUDA
         actor: Any = ray.remote(_RolloutWorker)
-        self.actors: list[Any] = [actor.options(name=f"{ACTOR_PREFIX}-rollout-{tag}-{k}", max_restarts=0).remote(
-            str(model_dir), dtype, threads, policy_version) for k in range(workers)]
+        self.actors: list[Any] = [actor.options(name=f"{ACTOR_PREFIX}-rollout-{tag}-{k}", max_restarts=0,
+                                                num_gpus=1 if device == "cuda" else 0).remote(
+            str(model_dir), device, dtype, threads, policy_version) for k in range(workers)]
         self.update_weights(model, policy_version)
 
     def generate(self, prompts: list[list[Message]], n: int, params: SamplingParams) -> GenerationBatch:
