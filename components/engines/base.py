@@ -26,7 +26,10 @@ class SamplingParams(BaseModel):
     top_k: int = Field(0, ge=0, description="0 = disabled")
     max_new_tokens: int = Field(32, ge=1)
     stop: list[str] = Field(default_factory=list, description="stop strings")
-    seed: int | None = None
+    seed: int | None = Field(None, description="prompt i of a call samples from its own generator, seeded "
+                             "by seed + seed_offset + i (None: random)")
+    seed_offset: int = Field(0, ge=0, description="index of the call's first prompt in a larger batch split "
+                             "across workers, so a prompt's samples do not depend on the split")
 
 
 @dataclass

@@ -95,6 +95,20 @@ def pick_tokens(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor | 
     return nxt, z.gather(-1, nxt[:, None]).squeeze(-1) - lse
 
 
+def prompt_uniforms(prompts: int, n: int, params: SamplingParams) -> torch.Tensor | None:
+    """The uniforms [prompts * n, max_new_tokens] of ``generate``: prompt i's n samples draw from a
+    generator seeded by ``seed + seed_offset + i`` (the vLLM engine's per-prompt seed), so a prompt's
+    rollouts are the same whichever batch, chunk or worker it is sampled in. None for greedy."""
+    if params.temperature == 0:
+        return None
+    rows = []
+    for i in range(prompts):
+        seed = params.seed + params.seed_offset + i if params.seed is not None else torch.seed() % (2**63)
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        rows.append(torch.rand((n, params.max_new_tokens), generator=g, dtype=torch.float64))
+    return torch.cat(rows) if rows else torch.zeros((0, params.max_new_tokens), dtype=torch.float64)
+
+
 @dataclass
 class _Batch:
     """The rows still decoding: their original indices, masks, positions, cache and last logits."""
@@ -178,12 +192,12 @@ class TransformersEngine:
         t0 = time.perf_counter()
         prompt_ids = self.encode_prompts(prompts)
         flat = [(i, j) for i in range(len(prompt_ids)) for j in range(n)]
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(params.seed if params.seed is not None else torch.seed() % (2**63))
+        uniforms = prompt_uniforms(len(prompt_ids), n, params)
         groups: list[list[Sample]] = [[] for _ in prompt_ids]
         for start in range(0, len(flat), self.max_batch_sequences):
             chunk = flat[start : start + self.max_batch_sequences]
-            results = self.sample_continuations([prompt_ids[i] for i, _ in chunk], params, gen)
+            u = uniforms[start : start + len(chunk)] if uniforms is not None else None
+            results = self.sample_continuations([prompt_ids[i] for i, _ in chunk], params, uniforms=u)
             for (i, j), (toks, lps, reason) in zip(chunk, results):
                 groups[i].append(Sample(
                     prompt_index=i, sample_index=j, token_ids=toks, logprobs=lps,
@@ -193,21 +207,28 @@ class TransformersEngine:
 
     @torch.inference_mode()
     def sample_continuations(
-        self, seqs: list[list[int]], params: SamplingParams, gen: torch.Generator
+        self, seqs: list[list[int]], params: SamplingParams, gen: torch.Generator | None = None,
+        uniforms: torch.Tensor | None = None,
     ) -> list[tuple[list[int], list[float], str]]:
-        """Sample continuations of token sequences (prompts, or prompt + partial response)."""
+        """Sample continuations of token sequences (prompts, or prompt + partial response).
+
+        Randomness: ``uniforms`` [len(seqs), max_new_tokens] (one per row and step), else one
+        uniform per row and step drawn from ``gen``."""
         model = self.model
         was_training = model.training
         model.eval()
+        if uniforms is None and params.temperature > 0:
+            g = gen if gen is not None else torch.Generator(device="cpu").manual_seed(torch.seed() % (2**63))
+            uniforms = torch.rand((params.max_new_tokens, len(seqs)), generator=g, dtype=torch.float64).T
         try:
-            toks, lps, lengths, stopped = self._decode(seqs, params, gen)
+            toks, lps, lengths, stopped = self._decode(seqs, params, uniforms)
         finally:
             if was_training:
                 model.train()
         return [(toks[r, : lengths[r]].tolist(), lps[r, : lengths[r]].tolist(), "stop" if stopped[r] else "length")
                 for r in range(len(seqs))]
 
-    def _decode(self, seqs: list[list[int]], params: SamplingParams, gen: torch.Generator):
+    def _decode(self, seqs: list[list[int]], params: SamplingParams, uniforms: torch.Tensor | None):
         """The sampling loop: returns token and log-prob matrices [B, max_new], lengths and stop flags."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         bsz, steps = len(seqs), params.max_new_tokens
@@ -219,7 +240,7 @@ class TransformersEngine:
         b = prefill_shared(self.model, seqs, pad)
         for step in range(steps):
             # One uniform per original row and step: a row's draws do not depend on which rows remain.
-            u = torch.rand(bsz, generator=gen, dtype=torch.float64)[b.rows] if params.temperature > 0 else None
+            u = uniforms[b.rows, step] if uniforms is not None and params.temperature > 0 else None
             nxt, lp = pick_tokens(b.logits, params, u.to(b.logits.device) if u is not None else None)
             nxt_cpu = nxt.cpu()
             toks[b.rows, step], lps[b.rows, step] = nxt_cpu, lp.float().cpu()

@@ -130,7 +130,7 @@ class VLLMEngine:
         """``n`` samples per prompt with exact token ids, sampled-token log-probs, finish reasons."""
         t0 = time.perf_counter()
         prompt_ids = [self.encode_prompt(m) for m in prompts]
-        seeds = [None if params.seed is None else params.seed + i for i in range(len(prompts))]
+        seeds = [None if params.seed is None else params.seed + params.seed_offset + i for i in range(len(prompts))]
         responses = list(self._pool.map(lambda a: self._request(a[0], n, params, a[1]), zip(prompt_ids, seeds)))
         groups: list[list[Sample]] = []
         for i, resp in enumerate(responses):

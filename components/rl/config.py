@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from components.rl.advantages import ADVANTAGES, get_advantage
+from components.rl.distributed import LearnerConfig
 from components.rl.length import LengthScheduleConfig
 from components.rl.losses import LossConfig
 from components.rl.partial import PartialRolloutConfig
@@ -86,6 +87,13 @@ class RLConfig(_Strict):
         "transformers", description="rollout engine: in-process transformers, or a vLLM server (make vllm) "
         "that reloads the policy's weights after every optimiser step")
     vllm: RolloutVLLMConfig = Field(default_factory=lambda: RolloutVLLMConfig.model_validate({}), description="vLLM server for engine: vllm")
+    rollout_workers: int = Field(1, ge=1, description="rollout engine replicas: N > 1 runs N Ray actors, each "
+                                 "sampling its share of a step's groups (same rollouts as N = 1)")
+    rollout_threads: int = Field(1, ge=1, description="torch threads per rollout actor (rollout_workers > 1)")
+    learner: LearnerConfig = Field(default_factory=lambda: LearnerConfig.model_validate({}),
+                                   description="the learner's processes (torch.distributed world size)")
+    ray_timeout_s: float = Field(900.0, gt=0, description="longest wait for a rollout or learner actor's answer; "
+                                 "a dead or silent actor fails the segment")
     seed: int = Field(0, description="sampling and shuffling seed")
     refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")
 
@@ -104,4 +112,6 @@ class RLConfig(_Strict):
             raise ValueError("partial.enabled needs loss.tis_cap (importance correction for stale tokens)")
         if self.partial.enabled and self.engine != "transformers":
             raise ValueError("partial.enabled needs engine: transformers (it continues token prefixes in process)")
+        if self.rollout_workers > 1 and (self.engine != "transformers" or self.partial.enabled):
+            raise ValueError("rollout_workers > 1 needs engine: transformers and partial.enabled: false")
         return self

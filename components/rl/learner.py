@@ -72,13 +72,42 @@ class UpdateResult:
     stats: dict[str, list[float]] = field(default_factory=dict)  # per micro-batch
     grad_norms: list[float] = field(default_factory=list)  # per optimiser step
     seconds: float = 0.0
+    entries: list[tuple[int, dict[str, list[float]]]] = field(default_factory=list)  # (position, a micro-batch's stats)
+
+    def gather(self) -> None:
+        """``stats`` from ``entries`` in micro-batch order (the order of a single-process learner)."""
+        self.stats = {}
+        for _, d in sorted(self.entries, key=lambda e: e[0]):
+            for k, v in d.items():
+                self.stats.setdefault(k, []).extend(v)
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
+    """Sum the ranks' gradients (each already scaled by its micro-batch's share of the global
+    optimiser step), so every rank holds the single-process gradient."""
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p))  # type: ignore[union-attr]
+        offset += n
 
 
 class Learner:
     """Owns the policy's optimiser and scheduler; ``update`` runs the passes over one batch."""
 
-    def __init__(self, cfg: RLConfig, model: Any, ref_model: Any | None = None) -> None:
+    def __init__(self, cfg: RLConfig, model: Any, ref_model: Any | None = None, rank: int = 0,
+                 world_size: int = 1) -> None:
+        """``rank``/``world_size``: this process's share of each optimiser step's micro-batches
+        (torch.distributed is initialised by the caller when ``world_size > 1``)."""
         self.cfg, self.model, self.ref_model = cfg, model, ref_model
+        self.rank, self.world_size = rank, world_size
         self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                      weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.warmup_steps))
@@ -105,46 +134,59 @@ class Learner:
             for i in range(0, len(tb), n)
         ])
 
-    def update(self, tb: TrainBatch, group_sizes: list[int], engine: Any, step: int) -> UpdateResult:
+    def update(self, tb: TrainBatch, group_sizes: list[int], engine: Any, step: int,
+               from_engine: bool | None = None) -> UpdateResult:
         """The optimisation passes over one rollout batch.
 
         Old-policy log-probs (needed when the batch takes several optimiser steps) come from the
-        engine when ``engine_logps_are_old``, else from a no-grad forward; the ratio's reference is
-        then the policy that sampled, and TIS against the engine log-probs stays exactly the
-        behaviour correction."""
+        engine when ``engine_logps_are_old`` (or ``from_engine``, decided by the caller), else from
+        a no-grad forward; the ratio's reference is then the policy that sampled, and TIS against
+        the engine log-probs stays exactly the behaviour correction. With ``world_size > 1`` this
+        rank runs micro-batches ``rank, rank + W, ...`` of every optimiser step and the gradients
+        are summed over the ranks before clipping; ``entries`` then hold this rank's stats only."""
         cfg, model = self.cfg, self.model
         t0 = time.perf_counter()
         model.train()
         order_rng = torch.Generator().manual_seed(cfg.seed * 7 + step)
         needs_old = cfg.epochs > 1 or cfg.minibatch_size < len(tb)
-        from_engine = needs_old and engine_logps_are_old(engine, model, tb)
+        if from_engine is None:
+            from_engine = engine_logps_are_old(engine, model, tb)
+        from_engine = needs_old and from_engine
         with torch.no_grad():
             old_logp = (tb.engine_logp * tb.resp_mask) if from_engine else (self.all_logps(model, tb) if needs_old else None)
             ref_logp = self.all_logps(self.ref_model, tb) if self.ref_model is not None else None
         res = UpdateResult()
+        params = [p for p in model.parameters() if p.requires_grad]
+        pos = 0
         for _ in range(cfg.epochs):
             for micro in plan_microbatches(group_sizes, cfg.minibatch_size, cfg.micro_batch_size, order_rng,
                                            cfg.share_prompts):
                 mb_idx = torch.cat(micro)
                 mb_tokens = float(tb.resp_mask[mb_idx].sum().clamp(min=1))
                 model.zero_grad(set_to_none=True)
-                for sub in micro:
-                    # With engine old log-probs the engine/trainer gap is measured before the first update only.
-                    measure_gap = not from_engine or not res.grad_norms
+                # With engine old log-probs the engine/trainer gap is measured before the first update only.
+                measure_gap = not from_engine or not res.grad_norms
+                for k, sub in enumerate(micro):
+                    pos += 1
+                    if k % self.world_size != self.rank:
+                        continue
                     old = old_logp[sub] if old_logp is not None else None
-                    self._micro_step(tb.select(sub), old, ref_logp[sub] if ref_logp is not None else None,
-                                     len(sub) / len(mb_idx), mb_tokens, res.stats,
-                                     gap=(None if from_engine else old) if measure_gap else False)
+                    res.entries.append((pos, self._micro_step(
+                        tb.select(sub), old, ref_logp[sub] if ref_logp is not None else None,
+                        len(sub) / len(mb_idx), mb_tokens, gap=(None if from_engine else old) if measure_gap else False)))
+                if self.world_size > 1:
+                    all_reduce_grads(params)
                 gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 res.grad_norms.append(float(gn))
                 self.opt.step()
+        res.gather()
         res.seconds = time.perf_counter() - t0
         return res
 
     def _micro_step(self, part: TrainBatch, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
-                    share: float, step_tokens: float, stats: dict[str, list[float]],
-                    gap: torch.Tensor | None | bool = None) -> None:
-        """Forward, loss and backward of one micro-batch (gradients accumulate); appends its stats.
+                    share: float, step_tokens: float,
+                    gap: torch.Tensor | None | bool = None) -> dict[str, list[float]]:
+        """Forward, loss and backward of one micro-batch (gradients accumulate); returns its stats.
 
         ``gap``: the pre-update trainer log-probs the engine's are compared with (None: this
         forward's, False: not measured)."""
@@ -160,6 +202,7 @@ class Learner:
             entropy=ent, norm_len=cfg.max_new_tokens, step_share=share, step_tokens=step_tokens,
         ), cfg.loss)
         out.scaled.backward()
+        stats: dict[str, list[float]] = {}
         for k, v in out.metrics.items():
             stats.setdefault(k, []).append(v)
         # The loss is appended once more (it is also in the variant's metrics): the logged mean is the
@@ -171,3 +214,4 @@ class Learner:
             diff = (part.engine_logp.to(dev) - trainer).abs() * mask
             stats.setdefault("logprob_mismatch", []).append(float(diff.sum() / mask.sum().clamp(min=1)))
             stats.setdefault("logprob_mismatch_max", []).append(float(diff.max()) if diff.numel() else 0.0)
+        return stats

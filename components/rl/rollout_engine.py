@@ -96,7 +96,13 @@ def start_engine(cfg: RLConfig, model: torch.nn.Module, tokenizer: Any, template
                  dtype: torch.dtype, work_dir: Path) -> Any:
     """The rollout engine ``cfg.engine`` names, holding the policy as it is at ``start_step``.
 
-    ``cfg`` is the RL config. The caller closes the engine (it stops the vLLM server)."""
+    ``cfg`` is the RL config. The caller closes the engine (it stops the vLLM server).
+    ``rollout_workers > 1``: a pool of Ray actors (``components.rl.workers``), the caller's Ray."""
+    if cfg.rollout_workers > 1:
+        from components.rl.workers import RolloutWorkerPool
+
+        return RolloutWorkerPool(cfg.rollout_workers, model, template_dir, start_step, dtype,
+                                 threads=cfg.rollout_threads, timeout_s=cfg.ray_timeout_s)
     if cfg.engine == "transformers":
         from components.engines.transformers_engine import engine_for
 
@@ -116,9 +122,15 @@ def start_engine(cfg: RLConfig, model: torch.nn.Module, tokenizer: Any, template
 def sync_weights(engine: Any, model: torch.nn.Module, version: int, template_dir: Path, work_dir: Path) -> dict[str, float]:
     """Hand the trainer's current weights to the engine as policy ``version``; returns timings.
 
-    The in-process engine shares the model object, so only its version mark moves."""
+    The in-process engine shares the model object, so only its version mark moves; rollout
+    workers get the weights through Ray's object store."""
     from components.engines.vllm_engine import VLLMEngine
+    from components.rl.workers import RolloutWorkerPool
 
+    if isinstance(engine, RolloutWorkerPool):
+        t0 = time.perf_counter()
+        engine.update_weights(model, version)
+        return {"weight_sync/load_s": time.perf_counter() - t0}
     if not isinstance(engine, VLLMEngine):
         engine.policy_version = version
         return {}

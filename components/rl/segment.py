@@ -11,6 +11,7 @@ Each step chains the collector (``components.rl.collector``) and the learner
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from components.difficulty.online import OnlineTracker
 from components.models import load_tokenizer
 from components.rl.collector import Collector, PromptSampler, make_tracker
 from components.rl.config import RLConfig
+from components.rl.distributed import DistributedLearner
 from components.rl.learner import Learner, advantages, train_batch
 from components.rl.metrics import peak_rss_mb, step_metrics
 from components.rl.partial import RolloutBuffer
@@ -73,7 +75,7 @@ class SegmentState:
     cfg: RLConfig
     model: Any
     tokenizer: Any
-    learner: Learner
+    learner: Learner | DistributedLearner
     tracker: OnlineTracker
     buffer: RolloutBuffer
     history: list[dict] = field(default_factory=list)
@@ -101,17 +103,40 @@ class SegmentState:
 def open_segment(cfg: RLConfig, base_model_dir: Path, init_checkpoint: Path | None, difficulty: list | None,
                  start_step: int, device: str, dtype: torch.dtype) -> SegmentState:
     """The policy, its learner (with the frozen reference policy when there is a KL term) and the
-    tracker, resumed from ``init_checkpoint`` when given."""
+    tracker, resumed from ``init_checkpoint`` when given. ``learner.world_size > 1``: the learner's
+    ranks are Ray actors (the caller runs in a ``segment_ray`` session and closes the learner)."""
     model = build_policy(cfg, base_model_dir, init_checkpoint, device, dtype)
     tok = load_tokenizer(base_model_dir)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    state = SegmentState(cfg, model, tok, Learner(cfg, model), make_tracker(difficulty, cfg.tracker_decay),
+    learner: Learner | DistributedLearner = (
+        Learner(cfg, model) if cfg.learner.world_size == 1
+        else DistributedLearner(cfg, model, base_model_dir, device, dtype))
+    state = SegmentState(cfg, model, tok, learner, make_tracker(difficulty, cfg.tracker_decay),
                          RolloutBuffer(cfg.partial.max_buffer))
-    if init_checkpoint:
-        state.load(init_checkpoint, start_step)
-    state.learner.ref_model = reference_policy(cfg, base_model_dir, device, dtype)
+    try:
+        if init_checkpoint:
+            state.load(init_checkpoint, start_step)
+    except BaseException:
+        close_learner(state.learner)
+        raise
+    if isinstance(state.learner, Learner):
+        state.learner.ref_model = reference_policy(cfg, base_model_dir, device, dtype)
     return state
+
+
+def close_learner(learner: Learner | DistributedLearner) -> None:
+    if isinstance(learner, DistributedLearner):
+        learner.close()
+
+
+def segment_ray(cfg: RLConfig) -> contextlib.AbstractContextManager[None]:
+    """The Ray session of a segment with rollout workers or a multi-process learner (else none)."""
+    if cfg.rollout_workers == 1 and cfg.learner.world_size == 1:
+        return contextlib.nullcontext()
+    from components.rl.workers import ray_session
+
+    return ray_session(max(cfg.rollout_workers, cfg.learner.world_size))
 
 
 def rl_step(state: SegmentState, collector: Collector, engine: Any, step: int, rollout_dir: Path) -> dict[str, float]:
@@ -152,6 +177,32 @@ def _log_last_rollouts(log_table: TableFn, rollout_dir: Path, last_step: int) ->
     log_table(last[:64], f"rollouts/step-{last_step:05d}.json")
 
 
+def _train(state: SegmentState, rows: list[dict], weights: list[float] | None, start_step: int, end_step: int,
+           out_dir: Path, base_model_dir: Path, dtype: torch.dtype,
+           hooks: tuple[MetricsFn | None, ProgressFn | None, TableFn | None],
+           engine_factory: EngineFactory | None) -> None:
+    """The segment's steps with its rollout engine (closed at the end or on an error)."""
+    cfg, (log_metrics, progress, log_table) = state.cfg, hooks
+    sampler = PromptSampler(rows, weights, cfg.sampler, state.tracker, cfg.seed)
+    rollout_dir = out_dir / "rollouts"
+    rollout_dir.mkdir(parents=True, exist_ok=True)
+    # Exported policy weights and server logs of a vLLM engine: scratch, never part of the checkpoint.
+    engine_dir = Path(tempfile.mkdtemp(prefix="posttrain-rollout-engine-"))
+    try:
+        engine = (engine_factory or start_engine)(cfg, state.model, state.tokenizer, base_model_dir, start_step,
+                                                  dtype, engine_dir)
+        try:
+            collector = Collector(cfg, engine, sampler, RewardScorer(), state.tracker, state.buffer)
+            _run_steps(state, collector, engine, start_step, end_step, rollout_dir, base_model_dir, engine_dir,
+                       log_metrics, progress)
+        finally:
+            engine.close()
+    finally:
+        shutil.rmtree(engine_dir, ignore_errors=True)
+    if log_table is not None and end_step > start_step:
+        _log_last_rollouts(log_table, rollout_dir, end_step - 1)
+
+
 def run_segment(
     *,
     base_model_dir: Path,
@@ -179,26 +230,14 @@ def run_segment(
     ``rollout_engine.start_engine``, same arguments) makes the rollout engine; the segment closes it
     at its end or on an error, which stops a vLLM server."""
     torch.use_deterministic_algorithms(True, warn_only=True)
-    state = open_segment(cfg, base_model_dir, init_checkpoint, difficulty, start_step, device, dtype)
-    sampler = PromptSampler(rows, weights, cfg.sampler, state.tracker, cfg.seed)
-    rollout_dir = out_dir / "rollouts"
-    rollout_dir.mkdir(parents=True, exist_ok=True)
-    # Exported policy weights and server logs of a vLLM engine: scratch, never part of the checkpoint.
-    engine_dir = Path(tempfile.mkdtemp(prefix="posttrain-rollout-engine-"))
-    try:
-        engine = (engine_factory or start_engine)(cfg, state.model, state.tokenizer, base_model_dir, start_step,
-                                                  dtype, engine_dir)
+    with segment_ray(cfg):
+        state = open_segment(cfg, base_model_dir, init_checkpoint, difficulty, start_step, device, dtype)
         try:
-            collector = Collector(cfg, engine, sampler, RewardScorer(), state.tracker, state.buffer)
-            _run_steps(state, collector, engine, start_step, end_step, rollout_dir, base_model_dir, engine_dir,
-                       log_metrics, progress)
+            _train(state, rows, weights, start_step, end_step, out_dir, base_model_dir, dtype,
+                   (log_metrics, progress, log_table), engine_factory)
+            state.save(out_dir, end_step)
         finally:
-            engine.close()
-    finally:
-        shutil.rmtree(engine_dir, ignore_errors=True)
-    if log_table is not None and end_step > start_step:
-        _log_last_rollouts(log_table, rollout_dir, end_step - 1)
-    state.save(out_dir, end_step)
+            close_learner(state.learner)
     summary: dict[str, float] = {}
     if state.history:
         summary = {k: v for k, v in state.history[-1].items() if isinstance(v, (int, float))}
