@@ -5,6 +5,7 @@
 - one module per reward family: :mod:`~components.rewards.numeric`, :mod:`~components.rewards.strings`,
   :mod:`~components.rewards.choice`, :mod:`~components.rewards.countdown`,
   :mod:`~components.rewards.format`, :mod:`~components.rewards.composite`,
+  :mod:`~components.rewards.math` (math-verify in :mod:`~components.rewards.worker` processes),
 - :mod:`~components.rewards.registry`: names to classes and :func:`get_reward`.
 
 A new reward is one module: a ``RewardFn`` subclass decorated with ``@register``, imported below.
@@ -15,6 +16,7 @@ from components.rewards.choice import MultipleChoiceConfig, MultipleChoiceReward
 from components.rewards.composite import CompositeConfig, CompositeReward
 from components.rewards.countdown import CountdownConfig, CountdownReward
 from components.rewards.format import FormatConfig, FormatReward
+from components.rewards.math import MathConfig, MathReward
 from components.rewards.numeric import NumericConfig, NumericReward
 from components.rewards.registry import REWARDS, get_reward, register
 from components.rewards.strings import ExactReward, NormalizedStringReward
@@ -28,6 +30,8 @@ __all__ = [
     "ExactReward",
     "FormatConfig",
     "FormatReward",
+    "MathConfig",
+    "MathReward",
     "MultipleChoiceConfig",
     "MultipleChoiceReward",
     "NormalizedStringReward",

@@ -168,3 +168,75 @@ def normalize_string(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).casefold()
     text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
     return _WS_RE.sub(" ", text).strip()
+
+
+_GSM8K_MARK = "####"
+# Math delimiters, closing first: the last complete span wins.
+_MATH_SPANS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+
+
+def _rest_of_line(text: str, start: int) -> str:
+    nl = text.find("\n", start)
+    return text[start:] if nl < 0 else text[start:nl]
+
+
+def _last_math_span(text: str) -> str | None:
+    """Content of the last ``$...$`` / ``$$...$$`` / ``\\(...\\)`` / ``\\[...\\]`` span, or None.
+
+    ``rfind`` from the end for the closer, then for its opener: two linear scans per delimiter.
+    """
+    best: tuple[int, str] | None = None
+    for opener, closer in _MATH_SPANS:
+        end = text.rfind(closer)
+        if end < 0:
+            continue
+        start = text.rfind(opener, 0, end)
+        if start < 0:
+            continue
+        content = text[start + len(opener):end]
+        if content.strip() and (best is None or end > best[0]):
+            best = (end, content)
+    return None if best is None else best[1]
+
+
+def extract_math_answer(text: str) -> tuple[str | None, str]:
+    """The final answer of a math completion, as text, and which rule found it.
+
+    In order: the last balanced ``\\boxed{...}`` ("boxed"), the rest of the line after the last
+    GSM8K ``####`` ("gsm8k"), the ``Answer:`` line ("answer_line"), the last ``$...$``-style span
+    ("math_span"), else the last number ("last_number"); ``(None, "none")`` when nothing is found.
+    Linear time: ``rfind`` scans and the linear number regex.
+    """
+    boxed = find_last_boxed(text)
+    if boxed is not None and boxed.strip():
+        return boxed.strip(), "boxed"
+    mark = text.rfind(_GSM8K_MARK)
+    if mark >= 0:
+        line = _rest_of_line(text, mark + len(_GSM8K_MARK)).strip()
+        if line:
+            return line, "gsm8k"
+    after = _after_last_answer_marker(text)
+    if after is not None and after.strip():
+        return after.strip().rstrip("."), "answer_line"
+    span = _last_math_span(text)
+    if span is not None:
+        return span.strip(), "math_span"
+    nums = _numbers(text)
+    if nums:
+        return nums[-1], "last_number"
+    return None, "none"
+
+
+_OPENERS, _CLOSERS = "([{", ")]}"
+
+
+def bracket_depth(text: str) -> int:
+    """Deepest nesting of ``( [ {`` in ``text`` (unbalanced closers are ignored); linear."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in _OPENERS:
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in _CLOSERS and depth:
+            depth -= 1
+    return deepest

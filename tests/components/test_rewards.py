@@ -229,7 +229,8 @@ def test_composite_duplicate_names_get_distinct_parts():
 
 
 def test_registry_names_and_errors():
-    assert set(REWARDS) == {"numeric", "exact", "normalized_string", "multiple_choice", "countdown", "format", "composite"}
+    assert set(REWARDS) == {"numeric", "exact", "normalized_string", "multiple_choice", "countdown", "format", "composite",
+                            "math"}
     for name in REWARDS:
         if name != "composite":
             fn = get_reward(name)
