@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from components.environments.base import EnvironmentSpec
 from components.rl.advantages import ADVANTAGES, get_advantage
 from components.rl.length import LengthScheduleConfig
 from components.rl.losses import LossConfig
@@ -86,6 +87,9 @@ class RLConfig(_Strict):
         "transformers", description="rollout engine: in-process transformers, or a vLLM server (make vllm) "
         "that reloads the policy's weights after every optimiser step")
     vllm: RolloutVLLMConfig = Field(default_factory=lambda: RolloutVLLMConfig.model_validate({}), description="vLLM server for engine: vllm")
+    environment: EnvironmentSpec | None = Field(
+        None, description="multi-turn rollouts through a registered environment (name + episode limits), "
+        "rewarded by the environment; None = single-turn generation scored by the row's reward")
     seed: int = Field(0, description="sampling and shuffling seed")
     refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")
 
@@ -104,4 +108,7 @@ class RLConfig(_Strict):
             raise ValueError("partial.enabled needs loss.tis_cap (importance correction for stale tokens)")
         if self.partial.enabled and self.engine != "transformers":
             raise ValueError("partial.enabled needs engine: transformers (it continues token prefixes in process)")
+        if self.partial.enabled and self.environment is not None:
+            raise ValueError("partial.enabled cannot be combined with environment (partial rollouts do not carry "
+                             "episodes over yet): turn one of them off")
         return self
