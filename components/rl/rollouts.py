@@ -41,6 +41,7 @@ def _episode_fields(s: Sample) -> dict:
     ep = s.episode or {}
     return {
         "turns": json.dumps(s.turns, ensure_ascii=False),
+        "token_ids": list(s.token_ids),
         "loss_mask": list(s.loss_mask or []),
         "model_tokens": int(sum(s.loss_mask or [])),
         "tool_calls": int(ep.get("tool_calls", 0)),
