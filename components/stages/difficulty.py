@@ -8,6 +8,7 @@ shares those inputs reuses it.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from components.difficulty.report import bucket_table, plot_pass_rate_histogram
 from components.engines.base import SamplingParams
 from components.engines.transformers_engine import engine_for
 from components.prompts import messages_for
+from components.rl.env_rollouts import run_groups
 from components.rewards import get_reward
 from components.scoring import RewardScorer
 from components.stages.curate import load_split
@@ -41,6 +43,7 @@ def run(cfg, model_dir: Path, dataset_dir: Path, out_dir: Path, ctx, dtype=torch
     model = load_model(model_dir, ctx.device, dtype)
     engine = engine_for(model, load_tokenizer(model_dir), "difficulty")
     scorer = RewardScorer()
+    calls: Counter[bool] = Counter()  # episodes with / without a tool call
 
     def sample_fn(indices: list[int], n: int, round_index: int) -> list[list[float]]:
         out: list[list[float]] = []
@@ -49,6 +52,11 @@ def run(cfg, model_dir: Path, dataset_dir: Path, out_dir: Path, ctx, dtype=torch
             params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
                                     max_new_tokens=cfg.max_new_tokens,
                                     seed=cfg.seed * 1_000_003 + round_index * 10_007 + s)
+            if cfg.environment is not None:  # pass rates through the environment's episodes
+                groups, _pids, _s = run_groups(engine, cfg.environment, part, [n] * len(part), params)
+                out.extend([[float(smp.reward or 0.0) for smp in g] for g in groups])
+                calls.update(bool((smp.episode or {}).get("tool_calls")) for g in groups for smp in g)
+                continue
             batch = engine.generate([messages_for(r) for r in part], n, params)
             out.extend([[scorer(r, smp.text) for smp in g] for r, g in zip(part, batch.groups)])
         return out
@@ -70,7 +78,10 @@ def run(cfg, model_dir: Path, dataset_dir: Path, out_dir: Path, ctx, dtype=torch
     ctx.log_table(table, "bucket_table.json")
     ctx.log_artifact(out_dir / "pass_rate_histogram.png", None)
     ctx.extra["bucket_table"] = table
-    return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    figures = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if calls:
+        figures["tool_call_rate"] = calls[True] / max(1, sum(calls.values()))
+    return figures
 
 
 def load_records(difficulty_dir: Path) -> list:

@@ -199,3 +199,43 @@ def test_recipe_refuses_partial_rollouts_with_an_environment_in_one_line():
     with pytest.raises(RecipeError) as e:
         load_recipe("smoke-tools", ["rl_train.environment.name=no-such-env"])
     assert "no-such-env" in str(e.value) and "calculator" in str(e.value)
+
+
+def test_evaluation_answers_through_the_environment(taught, tmp_path):
+    """Greedy pass@1 through the episode (the taught model calls the calculator, then answers) and
+    the tool-call rate; single-turn evaluation of the same model has no tool-call rate."""
+    from components.evaluation.config import EvaluateConfig
+    from components.stages.evaluate import evaluate_model
+
+    model, tok = taught
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    env = {"name": ENV, "max_total_tokens": 300, "max_turns": 3}
+    base = {"k": 1, "max_new_tokens": 120, "temperature": 0.7, "determinism_check": False}
+    with_env = evaluate_model("taught", tmp_path / "m", [ROW], EvaluateConfig.model_validate({**base, "environment": env}),
+                              "cpu", torch.float32)
+    greedy_episode = run_episodes_greedy(model, tok)
+    assert with_env.greedy_pass1 == greedy_episode.reward == 1.0
+    assert with_env.tool_call_rate == float(greedy_episode.tool_calls > 0) == 1.0
+    assert with_env.tool_call_rate_sampled is not None and 0.0 <= with_env.tool_call_rate_sampled <= 1.0
+    plain = evaluate_model("taught", tmp_path / "m", [ROW], EvaluateConfig.model_validate(base), "cpu", torch.float32)
+    assert plain.tool_call_rate is None and plain.tool_call_rate_sampled is None
+
+
+def run_episodes_greedy(model, tok):
+    from components.engines.base import SamplingParams
+    from components.environments.episodes import run_episodes
+
+    cfg = _cfg().environment
+    assert cfg is not None
+    return run_episodes(TransformersEngine(model, tok), [ShortCalculator(cfg.limits())], [ROW],
+                        SamplingParams(temperature=0, max_new_tokens=120))[0]
+
+
+def test_difficulty_and_evaluation_use_the_rl_environment_unless_they_name_their_own():
+    r = load_recipe("smoke-tools")
+    assert r.rl_train.environment is not None
+    assert r.estimate_difficulty.environment == r.evaluate.environment == r.rl_train.environment
+    own = load_recipe("smoke-tools", ["evaluate.environment.name=countdown"])
+    assert own.evaluate.environment is not None and own.evaluate.environment.name == "countdown"
+    assert load_recipe("smoke").evaluate.environment is None
