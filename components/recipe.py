@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from components.compression.config import CompressConfig
 from components.data.config import CurateConfig
@@ -46,6 +46,17 @@ class Recipe(_Strict):
     compress: CompressConfig = Field(default_factory=CompressConfig, description="pruning / quantization variants")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="pass@k of every candidate and the gate")
     deploy: DeployConfig = Field(default_factory=DeployConfig, description="registry aliases and optional vLLM serving")
+
+    @model_validator(mode="after")
+    def _environment_everywhere(self) -> "Recipe":
+        # Difficulty and evaluation measure the policy the way RL samples it: through rl_train's
+        # environment unless they name their own.
+        env = self.rl_train.environment
+        if env is not None:
+            for stage in (self.estimate_difficulty, self.evaluate):
+                if stage.environment is None:
+                    stage.environment = env.model_copy()
+        return self
 
     def digest(self) -> str:
         return hashlib.sha256(canonical_json(self.model_dump(mode="json")).encode()).hexdigest()

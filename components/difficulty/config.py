@@ -6,6 +6,7 @@ from pydantic import Field
 
 from components.difficulty.estimate import EstimateConfig
 from components.difficulty.selection import SelectionConfig
+from components.environments.base import EnvironmentSpec
 
 
 class DifficultyStageConfig(EstimateConfig):
@@ -23,3 +24,6 @@ class DifficultyStageConfig(EstimateConfig):
                         "(POSTTRAIN_EXECUTOR=ray runs the shards on the cluster)")
     enabled: bool = Field(True, description="false: skip the estimate; RL draws from every curated prompt")
     refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")
+    environment: EnvironmentSpec | None = Field(
+        None, description="estimate pass rates through this environment's episodes; None: rl_train.environment "
+        "when the recipe names one, else single-turn generation")

@@ -43,6 +43,12 @@ class Sample:
     text: str
     finish_reason: FinishReason
     versions: list[int] = field(default_factory=list)
+    # Multi-turn episodes only (components.environments.episodes): 1 = a model token, 0 = a tool
+    # output / template token (no gradient); the chat turns; the environment's reward and counts.
+    loss_mask: list[int] | None = None
+    turns: list[dict] | None = None
+    reward: float | None = None
+    episode: dict | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -3,6 +3,7 @@
 from components.environments.base import (
     Environment,
     EnvironmentConfig,
+    EnvironmentSpec,
     Observation,
     StepResult,
     available_environments,
@@ -13,6 +14,6 @@ from components.environments.base import (
 from components.environments.tools import Tool, ToolError, run_tool
 
 __all__ = [
-    "Environment", "EnvironmentConfig", "Observation", "StepResult", "Tool", "ToolError",
+    "Environment", "EnvironmentConfig", "EnvironmentSpec", "Observation", "StepResult", "Tool", "ToolError",
     "available_environments", "get_environment", "make_environment", "register_environment", "run_tool",
 ]

@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from components.environments.tools import Tool, run_tool
 
@@ -48,6 +48,29 @@ class EnvironmentConfig(BaseModel):
     max_tool_output_chars: int = Field(default=500, ge=16, description="a tool's output is cut to this many characters")
     max_tool_call_chars: int = Field(default=2000, ge=16, description="a tool call longer than this is refused unparsed")
     max_tool_errors: int = Field(default=3, ge=1, description="failed tool calls that end the episode")
+    max_attempts: int = Field(default=1, ge=1, description="graded answers per episode: after a wrong one (and "
+                              "turns left) the environment says so in a user turn and the model may try again")
+    grade_truncated: bool = Field(default=False, description="a turn cut by max_new_tokens without a tool call is "
+                                  "graded as an answer (as single-turn rollouts are) instead of ending the episode "
+                                  "with reward 0")
+
+
+class EnvironmentSpec(EnvironmentConfig):
+    """A recipe's environment (``rl_train.environment``): a registered name and its episode limits."""
+
+    name: str = Field(description="a registered environment (components.environments): calculator, countdown, ...")
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        try:
+            get_environment(v)
+        except KeyError as e:
+            raise ValueError(str(e.args[0])) from None
+        return v
+
+    def limits(self) -> EnvironmentConfig:
+        return EnvironmentConfig.model_validate(self.model_dump(exclude={"name"}))
 
 
 @dataclass
@@ -107,6 +130,7 @@ class Environment:
         self.config = config or EnvironmentConfig()
         self.row: dict[str, Any] = {}
         self.metrics: Counter[str] = Counter()
+        self.turns = self.attempts = 0
         self._tools = {t.name: t for t in self.tools()}
 
     def tools(self) -> list[Tool]:
@@ -119,16 +143,27 @@ class Environment:
     def reward(self, final_text: str) -> float:
         raise NotImplementedError
 
+    def feedback(self, final_text: str) -> str:
+        """The user turn after a wrong answer when ``max_attempts`` allows another one."""
+        return "That is not correct. Try again."
+
     def reset(self, row: dict[str, Any]) -> Observation:
         self.row = dict(row)
         self.metrics = Counter()
+        self.turns = self.attempts = 0
         return Observation(self.opening_messages(self.row), [t.schema for t in self._tools.values()])
 
     def step(self, assistant_text: str) -> StepResult:
         """One assistant turn: its tool calls' results, or the final reward when it calls none."""
+        self.turns += 1
         calls = parse_tool_calls(assistant_text, self.config.max_tool_call_chars)
         if not calls:
-            return StepResult([], reward=float(self.reward(assistant_text)), done=True, end_reason="done")
+            self.attempts += 1
+            reward = float(self.reward(assistant_text))
+            if reward < 1.0 and self.attempts < self.config.max_attempts and self.turns < self.config.max_turns:
+                self.metrics["retries"] += 1
+                return StepResult([{"role": "user", "content": self.feedback(assistant_text)}])
+            return StepResult([], reward=reward, done=True, end_reason="done")
         out = [{"role": "tool", "content": self._call(c)} for c in calls]
         failed = sum(v for k, v in self.metrics.items() if k.startswith("tool_fail/"))
         if failed >= self.config.max_tool_errors:

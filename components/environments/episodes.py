@@ -12,7 +12,8 @@ mask is 0), the policy version of each token (-1 where the mask is 0), the turns
 messages (readable transcripts), the reward, the tool-call counts and the end reason:
 ``done`` (the model answered without a tool call), ``max_turns`` (it still called a tool on its
 last allowed turn), ``max_tokens`` (the token budget ran out), ``length`` (one turn hit the
-sampling ``max_new_tokens``) or ``tool_errors``. An episode ended by a limit gets reward 0.
+sampling ``max_new_tokens``; with ``grade_truncated`` such a turn is graded as an answer instead)
+or ``tool_errors``. An episode ended by a limit gets reward 0.
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ def _after_turn(engine: ContinuationEngine, env: Environment, ep: EpisodeResult,
     ep.turns.append({"role": "assistant", "content": text})
     ep.assistant_turns += 1
     has_call = TOOL_CALL_RE.search(text) is not None
-    if reason != "stop" and not has_call:
-        _end(ep, env, "max_tokens" if len(ep.token_ids) >= cfg.max_total_tokens else "length")
+    out_of_tokens = len(ep.token_ids) >= cfg.max_total_tokens
+    if reason != "stop" and not has_call and (out_of_tokens or not cfg.grade_truncated):
+        _end(ep, env, "max_tokens" if out_of_tokens else "length")
         return
     if has_call and ep.assistant_turns >= cfg.max_turns:
         _end(ep, env, "max_turns")

@@ -22,6 +22,8 @@ class Completion:
 
     text: str
     num_tokens: int
+    reward: float | None = None  # an environment's reward (multi-turn episode); None: the scorer decides
+    tool_calls: int | None = None  # the episode's tool calls; None: no environment
 
 
 class GenerateFn(Protocol):
@@ -101,6 +103,8 @@ class CandidateReport(BaseModel):
     positive_flips: int | None = None
     flip_reference: str | None = None  # name of the report the flips were counted against
     sampled: str = "measured"  # or "skipped (greedy gate failed: ...)": no sampled pass was run
+    tool_call_rate: float | None = None  # greedy answers with a tool call (environment only)
+    tool_call_rate_sampled: float | None = None  # sampled answers with a tool call (environment only)
 
 
 def _checked(out: Sequence[Sequence[Completion]], n_prompts: int, n: int) -> list[list[Completion]]:
@@ -112,6 +116,15 @@ def _checked(out: Sequence[Sequence[Completion]], n_prompts: int, n: int) -> lis
         if len(group) != n:
             raise ValueError(f"generate returned {len(group)} completions for prompt {i}, expected {n}")
     return result
+
+
+def _called(cs: Sequence[Completion]) -> int | None:
+    """How many of the completions (episodes) called a tool; None without an environment."""
+    return None if any(c.tool_calls is None for c in cs) else sum(int(bool(c.tool_calls)) for c in cs)
+
+
+def _graded(score: ScoreFn, row: dict[str, Any], c: Completion) -> bool:
+    return _scored(score, row, c.text) if c.reward is None else _scored(lambda _r, _t: c.reward or 0.0, row, c.text)
 
 
 def _scored(score: ScoreFn, row: dict[str, Any], text: str) -> bool:
@@ -129,6 +142,7 @@ class GreedyPass(BaseModel):
     tokens: int
     latency: float
     deterministic: bool | None
+    tool_calls: int | None = None  # answers (episodes) with at least one tool call; None without an environment
 
 
 class SampledPass(BaseModel):
@@ -136,6 +150,7 @@ class SampledPass(BaseModel):
 
     correct: list[int]
     tokens: int
+    tool_calls: int | None = None  # samples (episodes) with at least one tool call
 
 
 def eval_rows(rows: Sequence[dict[str, Any]], cfg: EvalConfig) -> tuple[list[dict[str, Any]], list[str]]:
@@ -164,8 +179,9 @@ def greedy_pass(generate: GenerateFn, rows: list[dict[str, Any]], score: ScoreFn
         again = _checked(generate(prompts, 1, 0.0, cfg.max_new_tokens, cfg.seed), len(prompts), 1)
         tick("determinism")
         deterministic = determinism(texts, [g[0].text for g in again]).identical
-    return GreedyPass(texts=texts, correct=[_scored(score, r, t) for r, t in zip(rows, texts, strict=True)],
-                      tokens=sum(c.num_tokens for c in greedy), latency=latency, deterministic=deterministic)
+    return GreedyPass(texts=texts, correct=[_graded(score, r, c) for r, c in zip(rows, greedy, strict=True)],
+                      tokens=sum(c.num_tokens for c in greedy), latency=latency, deterministic=deterministic,
+                      tool_calls=_called(greedy))
 
 
 def sampled_pass(generate: GenerateFn, rows: list[dict[str, Any]], score: ScoreFn, cfg: EvalConfig,
@@ -175,8 +191,9 @@ def sampled_pass(generate: GenerateFn, rows: list[dict[str, Any]], score: ScoreF
     prompts = [str(r["prompt"]) for r in rows]
     sampled = _checked(generate(prompts, n, cfg.temperature, cfg.max_new_tokens, cfg.seed), len(rows), n)
     tick("sampled")
-    return SampledPass(correct=[sum(_scored(score, r, c.text) for c in group) for r, group in zip(rows, sampled, strict=True)],
-                       tokens=sum(c.num_tokens for group in sampled for c in group))
+    return SampledPass(correct=[sum(_graded(score, r, c) for c in group) for r, group in zip(rows, sampled, strict=True)],
+                       tokens=sum(c.num_tokens for group in sampled for c in group),
+                       tool_calls=_called([c for group in sampled for c in group]))
 
 
 def _progress_ticker(cfg: EvalConfig, progress: ProgressFn | None) -> Callable[[str], None]:
@@ -245,6 +262,9 @@ def build_report(name: str, rows: Sequence[dict[str, Any]], cfg: EvalConfig, gre
         n_rows=n_rows,
         details=details,
         sampled="measured" if sampled is not None else f"skipped ({skipped or 'not run'})",
+        tool_call_rate=None if greedy is None or greedy.tool_calls is None else greedy.tool_calls / n_rows,
+        tool_call_rate_sampled=(None if sampled is None or sampled.tool_calls is None
+                                else sampled.tool_calls / (n_rows * n)),
     )
 
 

@@ -20,10 +20,13 @@ class TrainBatch:
     attention_mask: torch.Tensor  # [B, L]
     prompt_lens: torch.Tensor  # [B]
     resp_ids: torch.Tensor  # [B, T] response tokens (padded with 0)
-    resp_mask: torch.Tensor  # [B, T] float
+    resp_mask: torch.Tensor  # [B, T] float: the loss mask (1 = the model's own token; 0 = padding, tool output)
     engine_logp: torch.Tensor  # [B, T]
     versions: torch.Tensor  # [B, T] policy version of each token
     advantages: torch.Tensor  # [B]
+    # [B, T] float: 1 = a response token (the model's or, in a multi-turn episode, a tool/template
+    # token), 0 = padding. Forwards run over it; the loss and every per-token figure use resp_mask.
+    token_mask: torch.Tensor
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -36,7 +39,10 @@ class TrainBatch:
 def build_batch(
     prompts: list[list[int]], responses: list[list[int]], engine_logps: list[list[float]],
     versions: list[list[int]], advantages: list[float], pad_id: int,
+    loss_masks: list[list[int] | None] | None = None,
 ) -> TrainBatch:
+    """``loss_masks[i]`` (multi-turn episodes): 1 for the model's tokens of response i, 0 for the
+    tool/template tokens, which then carry no gradient; None (or a None entry) = all the model's."""
     b = len(prompts)
     t = max(1, max(len(r) for r in responses))
     width = max(len(p) + len(r) for p, r in zip(prompts, responses))
@@ -55,8 +61,12 @@ def build_batch(
             rmask[i, : len(r)] = 1.0
             elp[i, : len(r)] = torch.tensor(engine_logps[i], dtype=torch.float32)
             ver[i, : len(r)] = torch.tensor(versions[i], dtype=torch.long)
+    tmask = rmask.clone()
+    for i, m in enumerate(loss_masks or []):
+        if m is not None:
+            rmask[i, : len(m)] = torch.tensor(m, dtype=torch.float32)
     return TrainBatch(ids, attn, torch.tensor([len(p) for p in prompts]), resp, rmask, elp, ver,
-                      torch.tensor(advantages, dtype=torch.float32))
+                      torch.tensor(advantages, dtype=torch.float32), tmask)
 
 
 def lm_head_weight(model: Any) -> torch.Tensor:
@@ -65,13 +75,14 @@ def lm_head_weight(model: Any) -> torch.Tensor:
 
 def response_logprobs(model: Any, batch: TrainBatch, temperature: float = 1.0, chunk_size: int = 1024,
                       with_entropy: bool = True, share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trainer log-probs and entropies ``[B, T]`` of the response tokens (0 where masked).
+    """Trainer log-probs and entropies ``[B, T]`` of the response tokens (0 at padding; tool tokens
+    of a multi-turn episode get values too, which the loss masks out with ``resp_mask``).
 
     ``share_prompts``: forward each distinct prompt once for all its responses (see below); the
     same values and gradients as the plain path to float rounding."""
     dev = next(model.parameters()).device
-    b, t = batch.resp_mask.shape
-    sel = batch.resp_mask.bool().to(dev)
+    b, t = batch.token_mask.shape
+    sel = batch.token_mask.bool().to(dev)
     if share_prompts and can_share_prompts(model):
         h = _shared_hidden(model, batch)
     else:
@@ -91,7 +102,7 @@ def _plain_hidden(model: Any, batch: TrainBatch) -> torch.Tensor:
     ids = batch.input_ids.to(dev)
     backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     hidden = backbone(input_ids=ids, attention_mask=batch.attention_mask.to(dev)).last_hidden_state  # [B, L, H]
-    b, t = batch.resp_mask.shape
+    b, t = batch.token_mask.shape
     # The hidden state at position p+j-1 predicts response token j.
     pos = batch.prompt_lens[:, None] - 1 + torch.arange(t)[None, :]
     pos = pos.clamp(max=ids.shape[1] - 1).to(dev)
@@ -128,7 +139,7 @@ def pack_shared_prompts(batch: TrainBatch) -> PackedGroups:
     responses: list[int] = []  # responses already placed in each packed row
     rows: list[int] = []
     cols: list[int] = []
-    lens = batch.resp_mask.sum(-1).long().tolist()
+    lens = batch.token_mask.sum(-1).long().tolist()
     for r in range(len(batch)):
         p = int(batch.prompt_lens[r])
         prompt = tuple(batch.input_ids[r, :p].tolist())

@@ -20,6 +20,7 @@ from components.engines.base import Sample, SamplingParams
 from components.prompts import messages_for
 from components.rl.advantages import zero_variance_groups
 from components.rl.config import RLConfig
+from components.rl.env_rollouts import episode_figures, run_groups
 from components.rl.length import max_new_tokens_at
 from components.rl.partial import CompleteGroup, RolloutBuffer, generate_with_partial
 from components.scoring import RewardScorer
@@ -83,7 +84,7 @@ class RolloutBatch:
     gen_seconds: float = 0.0
     gen_tokens: int = 0
     score_seconds: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)  # partial-rollout figures
+    extra: dict[str, float] = field(default_factory=dict)  # partial-rollout and environment figures
 
     @property
     def samples(self) -> list[Sample]:
@@ -117,12 +118,14 @@ class Collector:
             self._collect_rounds(out, params)
         if not out.groups:
             raise RuntimeError(f"step {step}: no complete groups were generated")
+        out.extra.update(episode_figures(out.samples))  # the trained episodes
         return out
 
     def _score(self, out: RolloutBatch, rows: list[dict], groups: list[list[Sample]]) -> list[list[float]]:
         """Rewards per group; the online tracker sees every scored sample."""
         ts = time.perf_counter()
-        rewards = [[self.scorer(r, s.text) for s in g] for r, g in zip(rows, groups)]
+        rewards = [[s.reward if s.reward is not None else self.scorer(r, s.text) for s in g]
+                   for r, g in zip(rows, groups)]
         out.score_seconds += time.perf_counter() - ts
         self.tracker.update([r["id"] for r, g in zip(rows, groups) for _ in g], [x for g in rewards for x in g])
         return rewards
@@ -178,6 +181,8 @@ class Collector:
     def _generate(self, out: RolloutBatch, rows: list[dict], sizes: list[int],
                   params: SamplingParams) -> tuple[list[list[Sample]], list[list[int]]]:
         """One generate call per distinct group size; returns each row's samples and prompt ids."""
+        if self.cfg.environment is not None:
+            return self._episodes(out, rows, sizes, params)
         by_n: dict[int, list[int]] = {}
         for k, n in enumerate(sizes):
             by_n.setdefault(n, []).append(k)
@@ -190,4 +195,13 @@ class Collector:
                 groups[k], pids[k] = b.groups[j], b.prompt_token_ids[j]
             out.gen_seconds += b.seconds
             out.gen_tokens += b.generated_tokens
+        return groups, pids
+
+    def _episodes(self, out: RolloutBatch, rows: list[dict], sizes: list[int],
+                  params: SamplingParams) -> tuple[list[list[Sample]], list[list[int]]]:
+        """Multi-turn episodes through ``rl_train.environment``; their figures go to ``out.extra``."""
+        assert self.cfg.environment is not None
+        groups, pids, seconds = run_groups(self.engine, self.cfg.environment, rows, sizes, params)
+        out.gen_seconds += seconds
+        out.gen_tokens += sum(sum(s.loss_mask or []) for g in groups for s in g)
         return groups, pids

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from components.environments.base import EnvironmentSpec
 from components.rl.advantages import ADVANTAGES, get_advantage
 from components.rl.distributed import LearnerConfig
 from components.rl.length import LengthScheduleConfig
@@ -94,6 +95,9 @@ class RLConfig(_Strict):
                                    description="the learner's processes (torch.distributed world size)")
     ray_timeout_s: float = Field(900.0, gt=0, description="longest wait for a rollout or learner actor's answer; "
                                  "a dead or silent actor fails the segment")
+    environment: EnvironmentSpec | None = Field(
+        None, description="multi-turn rollouts through a registered environment (name + episode limits), "
+        "rewarded by the environment; None = single-turn generation scored by the row's reward")
     seed: int = Field(0, description="sampling and shuffling seed")
     refresh: bool = Field(False, description="recompute this stage even when the cache has an entry")
 
@@ -114,4 +118,7 @@ class RLConfig(_Strict):
             raise ValueError("partial.enabled needs engine: transformers (it continues token prefixes in process)")
         if self.rollout_workers > 1 and (self.engine != "transformers" or self.partial.enabled):
             raise ValueError("rollout_workers > 1 needs engine: transformers and partial.enabled: false")
+        if self.partial.enabled and self.environment is not None:
+            raise ValueError("partial.enabled cannot be combined with environment (partial rollouts do not carry "
+                             "episodes over yet): turn one of them off")
         return self

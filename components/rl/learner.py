@@ -43,8 +43,9 @@ def advantages(batch: RolloutBatch, cfg: RLConfig) -> list[torch.Tensor]:
 
 
 def train_batch(batch: RolloutBatch, adv: list[torch.Tensor], pad_id: int) -> TrainBatch:
-    """Padded tensors of every sample: prompt + response ids, engine log-probs, versions, advantages."""
-    prompts, responses, elps, vers, advs = [], [], [], [], []
+    """Padded tensors of every sample: prompt + response ids, engine log-probs, versions, advantages
+    and (multi-turn episodes) the loss mask that keeps tool tokens out of the gradient."""
+    prompts, responses, elps, vers, advs, masks = [], [], [], [], [], []
     for g, a in zip(batch.groups, adv):
         for s, ai in zip(g.samples, a.tolist()):
             prompts.append(g.prompt_token_ids)
@@ -52,7 +53,8 @@ def train_batch(batch: RolloutBatch, adv: list[torch.Tensor], pad_id: int) -> Tr
             elps.append(s.logprobs)
             vers.append(s.versions)
             advs.append(ai)
-    return build_batch(prompts, responses, elps, vers, advs, pad_id)
+            masks.append(s.loss_mask)
+    return build_batch(prompts, responses, elps, vers, advs, pad_id, masks)
 
 
 def engine_logps_are_old(engine: Any, model: Any, tb: TrainBatch) -> bool:

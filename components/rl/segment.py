@@ -39,12 +39,13 @@ from components.rl.policy import (
     update_sparsity,
 )
 from components.rl.rollout_engine import start_engine, sync_weights
-from components.rl.rollouts import write_rollouts
+from components.rl.rollouts import transcripts_markdown, write_rollouts
 from components.scoring import RewardScorer
 
 MetricsFn = Callable[[dict[str, float], int], None]
 ProgressFn = Callable[[str, float], None]
 TableFn = Callable[[list[dict], str], None]
+ArtifactFn = Callable[[Path, "str | None"], None]
 EngineFactory = Callable[..., Any]
 
 
@@ -177,10 +178,27 @@ def _log_last_rollouts(log_table: TableFn, rollout_dir: Path, last_step: int) ->
     log_table(last[:64], f"rollouts/step-{last_step:05d}.json")
 
 
+TRANSCRIPTS_PER_SEGMENT = 4
+
+
+def write_transcripts(rollout_dir: Path, out_dir: Path, last_step: int) -> Path | None:
+    """A few readable transcripts (markdown) of the segment's last step; None without episodes."""
+    import pyarrow.parquet as pq
+
+    text = transcripts_markdown(pq.read_table(rollout_dir / f"step-{last_step:05d}.parquet").to_pylist(),
+                                TRANSCRIPTS_PER_SEGMENT)
+    if not text:
+        return None
+    path = out_dir / "transcripts" / f"step-{last_step:05d}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
 def _train(state: SegmentState, rows: list[dict], weights: list[float] | None, start_step: int, end_step: int,
            out_dir: Path, base_model_dir: Path, dtype: torch.dtype,
            hooks: tuple[MetricsFn | None, ProgressFn | None, TableFn | None],
-           engine_factory: EngineFactory | None) -> None:
+           engine_factory: EngineFactory | None, log_artifact: ArtifactFn | None = None) -> None:
     """The segment's steps with its rollout engine (closed at the end or on an error)."""
     cfg, (log_metrics, progress, log_table) = state.cfg, hooks
     sampler = PromptSampler(rows, weights, cfg.sampler, state.tracker, cfg.seed)
@@ -201,6 +219,10 @@ def _train(state: SegmentState, rows: list[dict], weights: list[float] | None, s
         shutil.rmtree(engine_dir, ignore_errors=True)
     if log_table is not None and end_step > start_step:
         _log_last_rollouts(log_table, rollout_dir, end_step - 1)
+    if cfg.environment is not None and end_step > start_step:
+        transcripts = write_transcripts(rollout_dir, out_dir, end_step - 1)
+        if transcripts is not None and log_artifact is not None:
+            log_artifact(transcripts, "transcripts")
 
 
 def run_segment(
@@ -220,13 +242,15 @@ def run_segment(
     progress: ProgressFn | None = None,
     log_table: TableFn | None = None,
     engine_factory: EngineFactory | None = None,
+    log_artifact: ArtifactFn | None = None,
 ) -> dict[str, float]:
     """Run steps ``[start_step, end_step)`` and write a checkpoint to ``out_dir``; returns the last
     step's figures and ``update_sparsity``.
 
     ``rows``/``weights``: the training prompts and their selection weights; ``difficulty``: the
     offline estimate's records (the tracker's start). ``log_table`` receives a sample of the
-    segment's last rollouts (a table in MLflow). ``engine_factory`` (default
+    segment's last rollouts (a table in MLflow); with ``cfg.environment``, a few transcripts of the
+    last step are written to ``transcripts/`` and given to ``log_artifact`` (MLflow's ``transcripts/``). ``engine_factory`` (default
     ``rollout_engine.start_engine``, same arguments) makes the rollout engine; the segment closes it
     at its end or on an error, which stops a vLLM server."""
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -234,7 +258,7 @@ def run_segment(
         state = open_segment(cfg, base_model_dir, init_checkpoint, difficulty, start_step, device, dtype)
         try:
             _train(state, rows, weights, start_step, end_step, out_dir, base_model_dir, dtype,
-                   (log_metrics, progress, log_table), engine_factory)
+                   (log_metrics, progress, log_table), engine_factory, log_artifact)
             state.save(out_dir, end_step)
         finally:
             close_learner(state.learner)

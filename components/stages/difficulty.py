@@ -8,6 +8,7 @@ shares those inputs reuses it.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from components.difficulty.report import bucket_table, plot_pass_rate_histogram
 from components.engines.base import SamplingParams
 from components.engines.transformers_engine import engine_for
 from components.prompts import messages_for
+from components.rl.env_rollouts import run_groups
 from components.rewards import get_reward
 from components.scoring import RewardScorer
 from components.stages.curate import load_split
@@ -38,6 +40,9 @@ def estimate_key_config(cfg, rows_tasks: set[str] | None = None) -> dict:
     return d
 
 
+TOOL_CALLS = "tool_calls.json"  # a shard's episodes with / without a tool call
+
+
 def shard_rows(n_rows: int, batch_prompts: int, shard: int, shards: int) -> list[int]:
     """Row indices of shard ``shard`` of ``shards``: whole blocks of ``batch_prompts`` rows, dealt
     round-robin (block b goes to shard b % shards), so shards stay balanced."""
@@ -52,14 +57,16 @@ def block_seed(seed: int, block: int, round_index: int) -> int:
 
 
 def estimate_rows(cfg, rows: list[dict], row_indices: list[int], model_dir: Path, ctx,
-                  dtype=torch.float32) -> EstimateResult:
+                  dtype=torch.float32) -> tuple[EstimateResult, Counter[bool]]:
     """The estimate of the rows at ``row_indices`` (whole blocks): each round generates once per
-    block with that block's still-active prompts and the block's own seed."""
+    block with that block's still-active prompts and the block's own seed. Also returns the count
+    of episodes with / without a tool call (empty without an environment)."""
     from components.models import load_model, load_tokenizer
 
     model = load_model(model_dir, ctx.device, dtype)
     engine = engine_for(model, load_tokenizer(model_dir), "difficulty")
     scorer = RewardScorer()
+    calls: Counter[bool] = Counter()  # episodes with / without a tool call
 
     def sample_fn(indices: list[int], n: int, round_index: int) -> list[list[float]]:
         by_block: dict[int, list[int]] = {}
@@ -70,6 +77,12 @@ def estimate_rows(cfg, rows: list[dict], row_indices: list[int], model_dir: Path
             part = [rows[row_indices[i]] for i in members]
             params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                                     seed=block_seed(cfg.seed, block, round_index))
+            if cfg.environment is not None:  # pass rates through the environment's episodes
+                groups, _pids, _s = run_groups(engine, cfg.environment, part, [n] * len(part), params)
+                for i, g in zip(members, groups):
+                    rewards[i] = [float(smp.reward or 0.0) for smp in g]
+                calls.update(bool((smp.episode or {}).get("tool_calls")) for g in groups for smp in g)
+                continue
             batch = engine.generate([messages_for(r) for r in part], n, params)
             for i, r, g in zip(members, part, batch.groups):
                 rewards[i] = [scorer(r, smp.text) for smp in g]
@@ -82,7 +95,7 @@ def estimate_rows(cfg, rows: list[dict], row_indices: list[int], model_dir: Path
                      f"{d.get('samples_used')} samples", float(d.get("finished", 0)) / n_rows)
 
     est_cfg = EstimateConfig.model_validate(cfg.model_dump(include=set(EstimateConfig.model_fields)))
-    return estimate_difficulty([rows[i]["id"] for i in row_indices], sample_fn, est_cfg, progress=progress)
+    return estimate_difficulty([rows[i]["id"] for i in row_indices], sample_fn, est_cfg, progress=progress), calls
 
 
 def merge_results(rows: list[dict], parts: list[EstimateResult]) -> EstimateResult:
@@ -101,15 +114,17 @@ def run_shard(cfg, shard: int, shards: int, model_dir: Path, dataset_dir: Path, 
               dtype=torch.float32) -> dict[str, float]:
     """One shard's estimate, as ``difficulty.parquet`` in ``out_dir`` (merged by ``merge``)."""
     rows = load_split(dataset_dir, "train")
-    result = estimate_rows(cfg, rows, shard_rows(len(rows), cfg.batch_prompts, shard, shards), model_dir, ctx, dtype)
+    result, calls = estimate_rows(cfg, rows, shard_rows(len(rows), cfg.batch_prompts, shard, shards), model_dir,
+                                  ctx, dtype)
     result.to_parquet(out_dir / "difficulty.parquet")
+    (out_dir / TOOL_CALLS).write_text(json.dumps({"with": calls[True], "without": calls[False]}))
     return {"prompts": float(len(result.records)), "samples_used": float(result.samples_used)}
 
 
 def run(cfg, model_dir: Path, dataset_dir: Path, out_dir: Path, ctx, dtype=torch.float32) -> dict[str, float]:
     """The whole estimate in this process (the payload equals ``merge`` of any sharding)."""
     rows = load_split(dataset_dir, "train")
-    return write_estimate(estimate_rows(cfg, rows, list(range(len(rows))), model_dir, ctx, dtype), rows, out_dir, ctx)
+    return write_estimate(*estimate_rows(cfg, rows, list(range(len(rows))), model_dir, ctx, dtype), rows, out_dir, ctx)
 
 
 def merge(shard_dirs: list[Path], dataset_dir: Path, out_dir: Path, ctx) -> dict[str, float]:
@@ -118,10 +133,16 @@ def merge(shard_dirs: list[Path], dataset_dir: Path, out_dir: Path, ctx) -> dict
 
     rows = load_split(dataset_dir, "train")
     parts = [read_parquet(Path(d) / "difficulty.parquet") for d in shard_dirs]
-    return write_estimate(merge_results(rows, parts), rows, out_dir, ctx)
+    calls: Counter[bool] = Counter()
+    for d in shard_dirs:
+        if (Path(d) / TOOL_CALLS).exists():
+            c = json.loads((Path(d) / TOOL_CALLS).read_text())
+            calls.update({True: c["with"], False: c["without"]})
+    return write_estimate(merge_results(rows, parts), +calls, rows, out_dir, ctx)
 
 
-def write_estimate(result: EstimateResult, rows: list[dict], out_dir: Path, ctx) -> dict[str, float]:
+def write_estimate(result: EstimateResult, calls: Counter[bool], rows: list[dict], out_dir: Path,
+                   ctx) -> dict[str, float]:
     result.to_parquet(out_dir / "difficulty.parquet")
     summary = result.summary()
     (out_dir / "manifest.json").write_text(json.dumps({"rows": len(rows), "summary": summary}, indent=2, default=str))
@@ -131,7 +152,10 @@ def write_estimate(result: EstimateResult, rows: list[dict], out_dir: Path, ctx)
     ctx.log_table(table, "bucket_table.json")
     ctx.log_artifact(out_dir / "pass_rate_histogram.png", None)
     ctx.extra["bucket_table"] = table
-    return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    figures = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if calls:
+        figures["tool_call_rate"] = calls[True] / max(1, sum(calls.values()))
+    return figures
 
 
 def load_records(difficulty_dir: Path) -> list:

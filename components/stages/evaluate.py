@@ -19,6 +19,7 @@ from components.artifacts import (
 )
 from components.engines.base import SamplingParams
 from components.engines.transformers_engine import engine_for
+from components.environments.base import EnvironmentSpec
 from components.evaluation.gate import decide, greedy_gate_failures
 from components.evaluation.plots import comparison_table, pareto_plot
 from components.evaluation.runner import (
@@ -34,6 +35,7 @@ from components.evaluation.runner import (
     sampled_pass,
 )
 from components.prompts import messages_for
+from components.rl.env_rollouts import run_groups
 from components.scoring import RewardScorer
 from components.stages.curate import load_split
 
@@ -42,23 +44,36 @@ def dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin"))
 
 
-def make_generate(model_dir: Path, device: str, dtype):
+def make_generate(model_dir: Path, device: str, dtype, environment: EnvironmentSpec | None = None):
+    """``generate(items, n, ...)``: items are chat messages, or with ``environment`` the rows whose
+    episodes are run (a completion is then the episode: its last answer, reward and tool calls)."""
     from components.models import load_model, load_tokenizer
 
     engine = engine_for(load_model(model_dir, device, dtype), load_tokenizer(model_dir), "evaluate")
 
     def generate(prompts, n, temperature, max_new_tokens, seed):
-        batch = engine.generate(prompts, n, SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed))
+        params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+        if environment is not None:
+            groups, _pids, _s = run_groups(engine, environment, prompts, [n] * len(prompts), params)
+            return [[Completion(text=s.text, num_tokens=s.num_tokens, reward=s.reward,
+                                tool_calls=int((s.episode or {}).get("tool_calls", 0))) for s in g] for g in groups]
+        batch = engine.generate(prompts, n, params)
         return [[Completion(text=s.text, num_tokens=s.num_tokens) for s in g] for g in batch.groups]
 
     return generate
 
 
+def _inputs(rows: list[dict], environment: EnvironmentSpec | None) -> dict[str, Any]:
+    """What ``make_generate`` takes for each prompt: its chat messages, or its row for an environment."""
+    return {r["prompt"]: (r if environment is not None else messages_for(r)) for r in rows}
+
+
 def evaluate_model(name: str, model_dir: Path, rows: list[dict], cfg, device: str, dtype, progress=None) -> CandidateReport:
-    gen = make_generate(model_dir, device, dtype)
+    env = getattr(cfg, "environment", None)
+    gen = make_generate(model_dir, device, dtype, env)
     scorer = RewardScorer()
     # The runner passes prompt strings; map them back to chat messages (system prompt included).
-    msgs_by_prompt = {r["prompt"]: messages_for(r) for r in rows}
+    msgs_by_prompt = _inputs(rows, env)
 
     def generate(prompts, n, temperature, max_new_tokens, seed):
         return gen([msgs_by_prompt[p] for p in prompts], n, temperature, max_new_tokens, seed)
@@ -106,8 +121,9 @@ class _Candidate:
 
     def generate(self):
         if self._generate is None:
-            gen = make_generate(model_folder(self.path), self.ctx.device, self.dtype)
-            msgs = {r["prompt"]: messages_for(r) for r in self.rows}
+            env = getattr(self.cfg, "environment", None)
+            gen = make_generate(model_folder(self.path), self.ctx.device, self.dtype, env)
+            msgs = _inputs(self.rows, env)
             self._generate = lambda prompts, n, t, m, seed: gen([msgs[p] for p in prompts], n, t, m, seed)
         return self._generate
 
@@ -261,7 +277,8 @@ def run(cfg, candidates: dict[str, Path], dataset_dir: Path, out_dir: Path, ctx,
     ctx.extra["chosen"] = decision.chosen
     metrics: dict[str, float] = {"promote": float(decision.chosen is not None)}
     for n, r in reports.items():
-        for key in ("greedy_pass1", "pass_at_1_sampled", "pass_at_k", "mean_output_tokens", "tokens_per_correct", "latency_s"):
+        for key in ("greedy_pass1", "pass_at_1_sampled", "pass_at_k", "mean_output_tokens", "tokens_per_correct", "latency_s",
+                    "tool_call_rate", "tool_call_rate_sampled"):
             v = getattr(r, key, None)
             if isinstance(v, (int, float)) and math.isfinite(v):
                 metrics[f"{n}.{key}"] = float(v)

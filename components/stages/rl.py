@@ -42,5 +42,5 @@ def run(cfg: RLConfig, selection: SelectionConfig, model_dir: Path, dataset_dir:
         base_model_dir=model_dir, init_checkpoint=prev_checkpoint, rows=pool, weights=weights,
         difficulty=records, cfg=cfg, start_step=start, end_step=end, out_dir=out_dir,
         device=ctx.device, dtype=dtype, log_metrics=ctx.log_metrics, progress=ctx.progress,
-        log_table=ctx.log_table,
+        log_table=ctx.log_table, log_artifact=ctx.log_artifact,
     ) | {"pool_size": float(len(pool))}
