@@ -85,8 +85,8 @@ class ChatService:
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         max_new = min(req.max_completion_tokens or req.max_tokens or self.opts.default_max_tokens,
                       self.opts.max_tokens_cap)
-        params = SamplingParams(temperature=req.temperature, top_p=req.top_p, max_new_tokens=max_new,
-                                stop=stop, seed=req.seed)
+        params = SamplingParams.model_validate({"temperature": req.temperature, "top_p": req.top_p,
+                                                "max_new_tokens": max_new, "stop": stop, "seed": req.seed})
         msgs: list[Any] = [m.model_dump() for m in req.messages]
         with self.lock:
             t0 = time.perf_counter()
@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     from components.settings import apply_thread_policy
 
     apply_thread_policy()
-    opts = ServerOptions(model=args.model, served_model_name=args.served_model_name, device=args.device)
+    opts = ServerOptions.model_validate({"model": args.model, "served_model_name": args.served_model_name,
+                                         "device": args.device})
     uvicorn.run(create_app(opts), host=args.host, port=args.port, log_level="info")
 
 
