@@ -47,8 +47,11 @@ def ray_session(num_cpus: int) -> Iterator[None]:
         yield
         return
     address = ray_address()
-    env = {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
-                        "PYTHONPATH": os.environ.get("PYTHONPATH", "")}}
+    # The actors see the driver's code (PYTHONPATH) and never spin-wait in OpenMP on a shared machine.
+    env_vars = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    if os.environ.get("PYTHONPATH"):
+        env_vars["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    env = {"env_vars": env_vars}
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=False)
     else:
