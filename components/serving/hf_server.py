@@ -59,8 +59,8 @@ class ServerOptions(BaseModel):
     model: Path
     served_model_name: str | None = Field(None, description="default: the folder name")
     device: str = "cpu"
-    max_tokens_cap: int = Field(1024, ge=1, description="max_tokens above this are cut to it")
-    default_max_tokens: int = Field(256, ge=1)
+    max_tokens_cap: int = Field(default=1024, ge=1, description="max_tokens above this are cut to it")
+    default_max_tokens: int = Field(default=256, ge=1)
 
     @property
     def name(self) -> str:
@@ -85,7 +85,7 @@ class ChatService:
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         max_new = min(req.max_completion_tokens or req.max_tokens or self.opts.default_max_tokens,
                       self.opts.max_tokens_cap)
-        params = SamplingParams(temperature=req.temperature, top_p=req.top_p, max_new_tokens=max_new,
+        params = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=0, max_new_tokens=max_new,
                                 stop=stop, seed=req.seed)
         msgs: list[Any] = [m.model_dump() for m in req.messages]
         with self.lock:
