@@ -24,7 +24,10 @@ class RewardScorer:
         fn = self._fns.get(task)
         if fn is None:
             fn = self._fns[task] = get_reward(task)
-        res = fn(text, row["answer"], row_meta(row))
+        meta = row_meta(row)
+        if getattr(fn, "wants_prompt", False) and "prompt" not in meta:
+            meta = {**meta, "prompt": row.get("prompt") or ""}  # the judge grades the task too
+        res = fn(text, row["answer"], meta)
         if res.error:
             self.errors[res.error] = self.errors.get(res.error, 0) + 1
         return float(res.score)

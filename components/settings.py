@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     cache_version: str = Field("1", description="bump to invalidate every cached stage")
     cache_dir: Path = Field(default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "posttrain",
                             description="machine-wide cache shared by state folders (empty migrated databases)")
+    judge_base_url: str | None = Field(
+        None, description="OpenAI-compatible base URL of the `judge` reward's model, e.g. http://127.0.0.1:8000/v1")
+    judge_api_key: SecretStr | None = Field(None, description="bearer token for the judge server (never logged)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (torch.set_num_threads); "
                                 "None = torch's default (the physical cores)")
     executor: Literal["local", "ray"] = Field(

@@ -6,6 +6,7 @@
   :mod:`~components.rewards.choice`, :mod:`~components.rewards.countdown`,
   :mod:`~components.rewards.format`, :mod:`~components.rewards.composite`,
   :mod:`~components.rewards.math` (math-verify in :mod:`~components.rewards.worker` processes),
+  :mod:`~components.rewards.judge` (an LLM judge over an OpenAI-compatible API, verdicts cached),
 - :mod:`~components.rewards.registry`: names to classes and :func:`get_reward`.
 
 A new reward is one module: a ``RewardFn`` subclass decorated with ``@register``, imported below.
@@ -16,6 +17,7 @@ from components.rewards.choice import MultipleChoiceConfig, MultipleChoiceReward
 from components.rewards.composite import CompositeConfig, CompositeReward
 from components.rewards.countdown import CountdownConfig, CountdownReward
 from components.rewards.format import FormatConfig, FormatReward
+from components.rewards.judge import JudgeConfig, JudgeReward
 from components.rewards.math import MathConfig, MathReward
 from components.rewards.numeric import NumericConfig, NumericReward
 from components.rewards.registry import REWARDS, get_reward, register
@@ -30,6 +32,8 @@ __all__ = [
     "ExactReward",
     "FormatConfig",
     "FormatReward",
+    "JudgeConfig",
+    "JudgeReward",
     "MathConfig",
     "MathReward",
     "MultipleChoiceConfig",

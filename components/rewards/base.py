@@ -10,7 +10,11 @@ Rewards run on untrusted model output inside the training loop, so every one of 
 
 ``RewardResult.error`` vocabulary: ``None`` (scored), ``"unparseable"`` (no answer could be read from
 the completion), ``"invalid"`` (an answer was read but breaks the task's rules, e.g. a countdown
-expression that reuses a number or calls a function), ``"exception"``, ``"timeout"``.
+expression that reuses a number or calls a function), ``"exception"``, ``"timeout"``,
+``"judge_failed"`` (the ``judge`` reward got no usable verdict: server down, HTTP error, no score).
+
+A reward that grades the task text as well (``judge``) sets ``wants_prompt``; the scorer then puts the
+row's prompt into ``meta["prompt"]`` (unless the row's meta already has one).
 
 ``version`` strings enter cache keys: bump one whenever that reward's semantics change.
 """
@@ -75,6 +79,7 @@ class RewardFn(ABC):
 
     name: ClassVar[str]
     version: ClassVar[str]
+    wants_prompt: ClassVar[bool] = False  # True: meta["prompt"] must hold the task text
     Config: ClassVar[type[RewardConfig]] = RewardConfig
 
     def __init__(self, config: RewardConfig | dict | None = None) -> None:

@@ -46,6 +46,10 @@ class CompositeReward(RewardFn):
         """Changes whenever any component's version changes (cache keys follow)."""
         return "1(" + ",".join(f"{c.name}:{c.version}" for _, _, c in self.children) + ")"
 
+    @property
+    def wants_prompt(self) -> bool:  # type: ignore[override]
+        return any(c.wants_prompt for _, _, c in self.children)
+
     def spec(self) -> dict[str, Any]:
         options = self.config.model_dump(exclude={"components"})
         children = [{"weight": w, **c.spec()} for _, w, c in self.children]

@@ -6,6 +6,7 @@ Each reward family module registers its classes with :func:`register`; importing
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeVar
 
 from components.rewards.base import RewardFn
@@ -26,8 +27,19 @@ def register(cls: R) -> R:
 def get_reward(spec: str | dict[str, Any]) -> RewardFn:
     """Build a reward from ``"numeric"`` or ``{"name": "numeric", "rel_tol": 1e-4}``.
 
+    A string that starts with ``{`` is read as that object in JSON: a row's or a source's ``task``
+    is a string, so a reward with options (``judge``'s model and rubric) is named there as
+    ``'{"name": "judge", "model": "qwen", "rubric": "..."}'``.
     Unknown names and unknown options raise ``ValueError`` naming the allowed values.
     """
+    if isinstance(spec, str) and spec.lstrip().startswith("{"):
+        text = spec
+        try:
+            spec = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"reward spec {text[:80]!r} is not valid JSON: {exc}") from None
+        if not isinstance(spec, dict):
+            raise ValueError("a JSON reward spec must be an object")
     if isinstance(spec, str):
         name, options = spec, {}
     else:

@@ -59,8 +59,8 @@ class ServerOptions(BaseModel):
     model: Path
     served_model_name: str | None = Field(None, description="default: the folder name")
     device: str = "cpu"
-    max_tokens_cap: int = Field(1024, ge=1, description="max_tokens above this are cut to it")
-    default_max_tokens: int = Field(256, ge=1)
+    max_tokens_cap: int = Field(default=1024, ge=1, description="max_tokens above this are cut to it")
+    default_max_tokens: int = Field(default=256, ge=1)
 
     @property
     def name(self) -> str:

@@ -230,7 +230,7 @@ def test_composite_duplicate_names_get_distinct_parts():
 
 def test_registry_names_and_errors():
     assert set(REWARDS) == {"numeric", "exact", "normalized_string", "multiple_choice", "countdown", "format", "composite",
-                            "math"}
+                            "math", "judge"}
     for name in REWARDS:
         if name != "composite":
             fn = get_reward(name)
@@ -239,6 +239,10 @@ def test_registry_names_and_errors():
         get_reward("nope")
     with pytest.raises(ValueError, match="rel_tl"):
         get_reward({"name": "numeric", "rel_tl": 0.1})  # typo in an option is named
+    # A row's `task` string may carry options as a JSON object.
+    assert get_reward('{"name": "numeric", "abs_tol": 1.0}')("Answer: 5.5", "5").score == 1.0
+    with pytest.raises(ValueError, match="not valid JSON"):
+        get_reward('{"name": "numeric",')
 
 
 class _Raises(RewardFn):
