@@ -72,6 +72,8 @@ class VLLMServerConfig(BaseModel):
         "(VLLM_ENABLE_V1_MULTIPROCESSING=0): one Python process fewer to spawn, about a third "
         "faster start on CPU, but no OpenMP thread binding; meant for tests and tiny models",
     )
+    replicas: int = Field(1, ge=1, description="engine replicas behind this one endpoint (vLLM's "
+                          "--data-parallel-size: the API server spreads requests over them)")
     seed: int = 0
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
@@ -97,6 +99,8 @@ class VLLMOptions(BaseModel):
     enforce_eager: bool = Field(True, description="no CUDA graphs / torch.compile: faster start")
     inproc_worker: bool = Field(False, description="model worker inside the engine-core process (tiny models)")
     startup_timeout_s: float = Field(300.0, gt=0.0, description="seconds to wait for the server to answer")
+    replicas: int = Field(1, ge=1, description="engine replicas (one per GPU) behind one endpoint: vLLM's "
+                          "--data-parallel-size, whose API server balances requests; blue/green switches the set")
     extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` flags")
 
     def server_config(self, **fields: object) -> VLLMServerConfig:
@@ -214,6 +218,10 @@ class VLLMServer:
             cmd += ["--max-num-seqs", str(c.max_num_seqs)]
         if c.enforce_eager:
             cmd.append("--enforce-eager")
+        if c.replicas > 1:
+            # vLLM's own data parallelism rather than N servers and a home-made balancer: one port, so
+            # blue/green, health checks and the reload route treat the replica set as one server.
+            cmd += ["--data-parallel-size", str(c.replicas)]
         chunked = c.chunked_prefill if c.chunked_prefill is not None else has_gpu()
         if not chunked:
             cmd.append("--no-enable-chunked-prefill")

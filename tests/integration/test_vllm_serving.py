@@ -47,6 +47,22 @@ def test_command_binds_configured_host_only(tmp_path: Path) -> None:
     assert cmd[cmd.index("--port") + 1] == "8123"
     assert server._env()["VLLM_SERVER_DEV_MODE"] == "1"
     assert server.base_url == "http://127.0.0.1:8123"
+    assert "--data-parallel-size" not in cmd  # one replica: vLLM's default
+
+
+def test_replicas_become_data_parallel_engines_behind_one_endpoint(tmp_path: Path) -> None:
+    """Needs no vLLM: deploy.vllm.replicas / rl_train.vllm.replicas reach `vllm serve` as
+    --data-parallel-size, on the same single port (blue/green switches the whole set)."""
+    from components.recipe import load_recipe
+
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").touch()
+    rec = load_recipe("smoke", ["deploy.vllm.replicas=3", "rl_train.vllm.replicas=2"])
+    for opts, n in ((rec.deploy.vllm, 3), (rec.rl_train.vllm, 2)):
+        server = VLLMServer(tmp_path, opts.server_config(venv=tmp_path / "venv", port=8124))
+        cmd = server.command()
+        assert cmd[cmd.index("--data-parallel-size") + 1] == str(n)
+        assert cmd.count("--port") == 1 and server.base_url == "http://127.0.0.1:8124"
 
 
 
