@@ -18,8 +18,8 @@ from components.difficulty.report import bucket_table, plot_pass_rate_histogram
 from components.engines.base import SamplingParams
 from components.engines.transformers_engine import engine_for
 from components.prompts import messages_for
-from components.rl.env_rollouts import run_groups
 from components.rewards import get_reward
+from components.rl.env_rollouts import run_groups
 from components.scoring import RewardScorer
 from components.stages.curate import load_split
 
