@@ -30,6 +30,8 @@ LONGEST_FIRST = [
     "tests/flows/test_ui_form_browser.py",  # 267
     "tests/components/test_rl_distributed.py",  # 190 (measured alone beside 3 other helpers)
     "tests/flows/test_kill_resume.py",  # 182
+    "tests/flows/test_ray_executor.py",  # ~180 (a two-node Ray cluster, three smoke runs)
+    "tests/promises/test_tool_recipe_masks_tool_tokens_and_logs_transcripts.py",  # 175 (beside helpers)
     "tests/promises/test_derived_code_versions.py",  # 168
     "tests/promises/test_gc_keeps_what_the_registry_needs.py",  # 149
     "tests/flows/test_scheduled_retrain.py",  # 133
@@ -38,6 +40,7 @@ LONGEST_FIRST = [
     "tests/promises/test_mistakes_fail_before_work_in_one_line.py",  # 114
     "tests/integration/test_s3_cache_two_process.py",  # 111
     "tests/flows/test_prefect_deployments.py",  # 108
+    "tests/components/test_judge_reward.py",  # 96 (trains a tiny judge, starts hf_server)
     "tests/promises/test_registering_again_after_a_kill_reuses_the_version.py",  # 101
     "tests/flows/test_concurrent_runs.py",  # 97
     "tests/flows/test_ui_one_server.py",  # 90
