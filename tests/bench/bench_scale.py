@@ -13,7 +13,7 @@ child runs), which includes Ray's scheduling and each worker's cold start (a new
 workers import torch and transformers again); the CLI's wall time is reported too. The merged
 difficulty digest of every arm must be the same.
 
-    python tests/bench/bench_scale.py --tiny [--prompts 256]
+    python tests/bench/bench_scale.py --tiny [--prompts 256 --digits 2 --set estimate_difficulty.max_new_tokens=32]
     python tests/bench/bench_scale.py --model /work/smollm2 [--prompts 64]
 """
 
@@ -71,6 +71,8 @@ def main() -> None:
     g.add_argument("--model", type=Path, help="model folder (e.g. /work/smollm2): the default recipe on it")
     g.add_argument("--tiny", action="store_true", help="the smoke recipe's tiny random model")
     ap.add_argument("--prompts", type=int, default=None, help="size of the arithmetic prompt pool to curate")
+    ap.add_argument("--digits", type=int, default=1, help="digits of the arithmetic operands (2: more distinct prompts)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="more recipe overrides (key=value)")
     ap.add_argument("--out", type=Path, default=ROOT / "tests/bench/results/scale.json")
     a = ap.parse_args()
     os.environ.update(RAY_ENV)  # this process reads Ray's state API
@@ -78,8 +80,10 @@ def main() -> None:
     state = work / "state"
     recipe = ["--recipe", "smoke"] if a.tiny else ["--recipe", "default", "--set", f"model.source={a.model}"]
     if a.prompts:
-        recipe += ["--set", "curate.sources=[{type: arithmetic, name: arith, n: %d, digits: 1, "
-                   "operators: ['+', '*'], num_ops: 1, seed: 0}]" % a.prompts]
+        recipe += ["--set", "curate.sources=[{type: arithmetic, name: arith, n: %d, digits: %d, "
+                   "operators: ['+', '*'], num_ops: 1, seed: 0}]" % (a.prompts, a.digits)]
+    for o in a.overrides:
+        recipe += ["--set", o]
     base = {**clean_env(), **RAY_ENV, "PYTHONPATH": str(ROOT), "POSTTRAIN_STATE_DIR": str(state),
             "POSTTRAIN_PREFECT_API_URL": "http://127.0.0.1:9/api"}
     res: dict = {"recipe": recipe, "loadavg_start": os.getloadavg(), "cpus": os.cpu_count(), "arms": {}}
