@@ -27,6 +27,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 # (`--dist loadgroup` cannot group here: xdist 3.8 marks groups in `item._nodeid`, which pytest 9
 # no longer reads.) Seconds measured on 2 cores, 2026-12-01; a file missing here only runs later.
 LONGEST_FIRST = [
+    "tests/flows/test_ray_executor.py",  # 691 at load 6-11 (2026-12-02, not measured on a quiet machine)
     "tests/flows/test_ui_form_browser.py",  # 267
     "tests/components/test_rl_distributed.py",  # 190 (measured alone beside 3 other helpers)
     "tests/flows/test_kill_resume.py",  # 182

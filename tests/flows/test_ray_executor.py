@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,103 +20,55 @@ import time
 from pathlib import Path
 
 import pytest
+from ray_cluster import RAY_ENV, RayCluster, clean_env, ray_log_tracebacks
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-POSTTRAIN = str(BIN / "posttrain")
-RAY = str(BIN / "ray")
+POSTTRAIN = str(Path(sys.executable).parent / "posttrain")
 SMOKE = ["run", "--recipe", "smoke", "--set", "estimate_difficulty.shards=2"]
 FAN_OUT = {"estimate_difficulty_shard", "compress", "evaluate_passes"}  # Ray task names (Prefect task names)
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-# A loopback-only cluster of this test: no token auth (Ray turns it on by itself when some other
-# session left a ~/.ray/auth_token, and then the second node cannot join).
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+FAN_OUT_STAGES = ("estimate_difficulty:", "compress:", "evaluate_passes:")
 
 
 def _env(state: Path | None = None, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "POSTTRAIN_", "RAY_"))}
-    env.update(OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(REPO), **RAY_ENV, **extra)
+    env = {**clean_env(), "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO), **RAY_ENV, **extra}
     if state is not None:
         env.update(POSTTRAIN_STATE_DIR=str(state), POSTTRAIN_PREFECT_API_URL="http://127.0.0.1:9/api")
     return env
 
 
-def ray_log_tracebacks(temp_dir: Path, limit: int = 6000) -> str:
-    """The tracebacks in Ray's session logs (workers, raylets, GCS), for a failing check's message."""
-    out = []
-    for f in sorted(temp_dir.glob("session_*/logs/*")):
-        if f.suffix in (".err", ".out", ".log") and f.is_file():
-            text = f.read_text(errors="replace")
-            if "Traceback" in text:
-                out.append(f"--- {f.name}\n{text[text.index('Traceback'):][:1500]}")
-    return "\n".join(out)[-limit:] or "(no traceback in Ray's logs)"
-
-
-class Node:
-    """One ``ray start`` (head or joined), its daemons in one process group of its own."""
-
-    def __init__(self, args: list[str], temp_dir: Path):
-        ports = _free_ports(9)
-        cmd = [RAY, "start", "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats",
-               "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
-               "--dashboard-agent-listen-port", str(ports[2]), "--dashboard-agent-grpc-port", str(ports[3]),
-               "--metrics-export-port", str(ports[4]), "--runtime-env-agent-port", str(ports[5]),
-               "--min-worker-port", "0", "--max-worker-port", "0", *args]
-        self.proc = subprocess.Popen(cmd, env=_env(DASHBOARD_METRIC_PORT=str(ports[6])), start_new_session=True, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        self.pgid = self.proc.pid
-        out, _ = self.proc.communicate(timeout=240)
-        assert self.proc.returncode == 0, f"ray start failed:\n{out[-3000:]}\n{ray_log_tracebacks(temp_dir)}"
-
-    def kill(self) -> None:
-        try:
-            os.killpg(self.pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ray-runs")
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    temp_dir = Path(tempfile.mkdtemp(prefix="r17-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
-    gcs, client, dash = _free_ports(3)
-    nodes: list[Node] = []
+def local_run(root):
+    """The local run, started before the cluster so that the two overlap."""
+    proc = subprocess.Popen([POSTTRAIN, *SMOKE, "--summary", str(root / "local.json")], env=_env(root / "local"),
+                            cwd=REPO, stdout=open(root / "local.log", "w"), stderr=subprocess.STDOUT)
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(local_run):
+    c = RayCluster(Path(tempfile.mkdtemp(prefix="r17-", dir="/tmp")), _env())
     saved = {k: os.environ.get(k) for k in RAY_ENV}
     os.environ.update(RAY_ENV)  # this process reads Ray's state API
     try:
-        nodes.append(Node(["--head", "--port", str(gcs), "--temp-dir", str(temp_dir), "--ray-client-server-port",
-                           str(client), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash)], temp_dir))
-        nodes.append(Node(["--address", f"127.0.0.1:{gcs}"], temp_dir))
-        yield {"address": f"127.0.0.1:{gcs}", "temp_dir": temp_dir, "head": nodes[0], "second": nodes[1]}
+        c.start_head()
+        c.join_node()
+        yield c
     finally:
-        for n in reversed(nodes):
-            n.kill()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        c.stop()
+        shutil.rmtree(c.temp_dir, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def _nodes(address: str) -> dict[str, str]:
-    """node id -> the port of its raylet (node manager), alive nodes only."""
-    from ray.util.state import list_nodes
-
-    return {n.node_id: n for n in list_nodes(address=address, filters=[("state", "=", "ALIVE")])}
 
 
 def _tasks(address: str) -> list:
@@ -128,18 +78,10 @@ def _tasks(address: str) -> list:
 
 
 @pytest.fixture(scope="module")
-def runs(cluster, tmp_path_factory):
-    """A local run (started first, it overlaps the cluster's start-up) and a Ray run during which the
-    second node is killed while it runs a fan-out task."""
-    root = tmp_path_factory.mktemp("ray-runs")
-    local = subprocess.Popen([POSTTRAIN, *SMOKE, "--summary", str(root / "local.json")], env=_env(root / "local"),
-                             cwd=REPO, stdout=open(root / "local.log", "w"), stderr=subprocess.STDOUT)
-    address = cluster["address"]
-    deadline = time.time() + 120
-    while len(_nodes(address)) < 2 and time.time() < deadline:
-        time.sleep(1)
-    nodes = _nodes(address)
-    assert len(nodes) == 2, f"the second node did not join: {nodes}"
+def runs(cluster, local_run, root):
+    """The local run and a Ray run during which the second node is killed while it runs a fan-out task."""
+    address = cluster.address
+    nodes = cluster.wait_nodes(2)
     head_id = next(i for i, n in nodes.items() if n.is_head_node)
     second_id = next(i for i in nodes if i != head_id)
     env = _env(root / "ray", POSTTRAIN_EXECUTOR="ray", POSTTRAIN_RAY_ADDRESS=address)
@@ -150,12 +92,12 @@ def runs(cluster, tmp_path_factory):
     while killed_task is None and proc.poll() is None and time.time() < deadline:
         busy = [t for t in _tasks(address) if t.node_id == second_id and t.name in FAN_OUT and t.state == "RUNNING"]
         if busy:
-            cluster["second"].kill()  # the raylet and its workers, mid-task
+            cluster.nodes[1].kill()  # the raylet and its workers, mid-task
             killed_task = busy[0]
         time.sleep(0.5)
     rc = proc.wait(timeout=600)
-    assert rc == 0, f"ray run failed: {(root / 'ray.log').read_text()[-4000:]}\n{ray_log_tracebacks(cluster['temp_dir'])}"
-    assert local.wait(timeout=600) == 0, (root / "local.log").read_text()[-4000:]
+    assert rc == 0, f"ray run failed: {(root / 'ray.log').read_text()[-4000:]}\n{ray_log_tracebacks(cluster.temp_dir)}"
+    assert local_run.wait(timeout=600) == 0, (root / "local.log").read_text()[-4000:]
     return {"local": json.loads((root / "local.json").read_text()), "ray": json.loads((root / "ray.json").read_text()),
             "head": head_id, "second": second_id, "killed": killed_task, "tasks": _tasks(address)}
 
@@ -169,14 +111,14 @@ def test_ray_run_has_the_local_runs_digests(runs):
     assert list(ray_run["stages"]) == list(local["stages"])
     assert not any(s["cached"] for s in ray_run["stages"].values())  # computed, in a state folder of its own
     assert _digests(ray_run) == _digests(local)
-    assert {s for s in ray_run["stages"] if s.startswith(("estimate_difficulty:", "compress:", "evaluate_passes:"))}
+    assert {s for s in ray_run["stages"] if s.startswith(FAN_OUT_STAGES)}
 
 
 def test_fan_out_tasks_ran_on_both_nodes_of_the_cluster(runs):
     fan = [t for t in runs["tasks"] if t.name in FAN_OUT]
     finished = [t for t in fan if t.state == "FINISHED"]
     # every fan-out stage of the run is a finished Ray task (a killed attempt is retried)
-    n_fan = sum(1 for s in runs["ray"]["stages"] if s.startswith(("estimate_difficulty:", "compress:", "evaluate_passes:")))
+    n_fan = sum(1 for s in runs["ray"]["stages"] if s.startswith(FAN_OUT_STAGES))
     assert len({t.task_id for t in finished}) == n_fan, [(t.name, t.state, t.node_id) for t in fan]
     assert {t.name for t in finished} == FAN_OUT
     assert runs["killed"] is not None, "no fan-out task ran on the second node"
@@ -200,3 +142,12 @@ def test_executor_ray_without_a_reachable_cluster_fails_before_work_in_one_line(
         assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
         assert all(w in lines[0] for w in words), lines[0]
     assert not (tmp_path / "state" / "artifacts").exists() or not any((tmp_path / "state" / "artifacts").iterdir())
+
+
+def test_what_the_cluster_computed_is_a_cache_hit_for_a_local_run(runs, root):
+    r = subprocess.run([POSTTRAIN, *SMOKE, "--summary", str(root / "again.json")], env=_env(root / "ray"), cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = json.loads((root / "again.json").read_text())
+    assert all(s["cached"] for s in again["stages"].values()), {k: s["cached"] for k, s in again["stages"].items()}
+    assert _digests(again) == _digests(runs["ray"])

@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ["prepare_model", "curate", "estimate_difficulty", "rl_train", "compress:rtn-w8",
-          "compress:magnitude-2:4", "evaluate", "deploy"]
+          "compress:magnitude-2:4", "evaluate_passes:base", "evaluate_passes:rl", "evaluate_passes:rtn-w8",
+          "evaluate_passes:magnitude-2:4", "evaluate", "deploy"]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ from smoke_cli import REPO, run, shared_runs
 # curation, upstream, do not.
 EDITED = Path("components/engines/__init__.py")
 EDITED_MODULE = "components.engines"
-ORDER = ["prepare_model", "curate", "estimate_difficulty", "rl_train", "compress", "evaluate", "deploy"]
+ORDER = ["prepare_model", "curate", "estimate_difficulty", "rl_train", "compress", "evaluate_passes", "evaluate",
+         "deploy"]
 FIRST_AFFECTED = "estimate_difficulty"
 
 
