@@ -31,7 +31,6 @@ LONGEST_FIRST = [
     "tests/flows/test_ui_form_browser.py",  # 267
     "tests/components/test_rl_distributed.py",  # 190 (measured alone beside 3 other helpers)
     "tests/flows/test_kill_resume.py",  # 182
-    "tests/flows/test_ray_executor.py",  # ~180 (a two-node Ray cluster, three smoke runs)
     "tests/promises/test_tool_recipe_masks_tool_tokens_and_logs_transcripts.py",  # 175 (beside helpers)
     "tests/promises/test_derived_code_versions.py",  # 168
     "tests/promises/test_gc_keeps_what_the_registry_needs.py",  # 149
