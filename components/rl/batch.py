@@ -73,6 +73,19 @@ def lm_head_weight(model: Any) -> torch.Tensor:
     return model.get_output_embeddings().weight
 
 
+FSDP_HIDDEN = "posttrain_hidden"  # the backbone's forward as a method of an FSDP2 root (see rl.distributed)
+
+
+def backbone_hidden(model: Any, **inputs: Any) -> torch.Tensor:
+    """The decoder's last hidden states; through the root's registered FSDP2 forward method when
+    the policy is sharded (so the root's parameters are gathered first)."""
+    hidden = getattr(model, FSDP_HIDDEN, None)
+    if hidden is not None:
+        return hidden(**inputs)
+    backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    return backbone(**inputs).last_hidden_state
+
+
 def response_logprobs(model: Any, batch: TrainBatch, temperature: float = 1.0, chunk_size: int = 1024,
                       with_entropy: bool = True, share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Trainer log-probs and entropies ``[B, T]`` of the response tokens (0 at padding; tool tokens
@@ -100,8 +113,7 @@ def _plain_hidden(model: Any, batch: TrainBatch) -> torch.Tensor:
     """Hidden states [B, T, H] predicting each response slot, one [prompt + response] row per rollout."""
     dev = next(model.parameters()).device
     ids = batch.input_ids.to(dev)
-    backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    hidden = backbone(input_ids=ids, attention_mask=batch.attention_mask.to(dev)).last_hidden_state  # [B, L, H]
+    hidden = backbone_hidden(model, input_ids=ids, attention_mask=batch.attention_mask.to(dev))  # [B, L, H]
     b, t = batch.token_mask.shape
     # The hidden state at position p+j-1 predicts response token j.
     pos = batch.prompt_lens[:, None] - 1 + torch.arange(t)[None, :]
@@ -189,8 +201,7 @@ def _shared_hidden(model: Any, batch: TrainBatch) -> torch.Tensor:
     pk = pack_shared_prompts(batch)
     dtype = next(model.parameters()).dtype
     mask = shared_attention_mask(pk.seg.to(dev), model.config._attn_implementation, dtype)
-    backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    hidden = backbone(input_ids=pk.ids.to(dev), attention_mask=mask, position_ids=pk.pos.to(dev)).last_hidden_state
+    hidden = backbone_hidden(model, input_ids=pk.ids.to(dev), attention_mask=mask, position_ids=pk.pos.to(dev))
     return hidden[pk.rows.to(dev), pk.cols.to(dev)]
 
 

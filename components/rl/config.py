@@ -121,4 +121,6 @@ class RLConfig(_Strict):
         if self.partial.enabled and self.environment is not None:
             raise ValueError("partial.enabled cannot be combined with environment (partial rollouts do not carry "
                              "episodes over yet): turn one of them off")
+        if self.learner.sharding == "fsdp2" and self.lora is not None:
+            raise ValueError("learner.sharding: fsdp2 cannot be combined with lora yet: use sharding: none for LoRA")
         return self

@@ -40,10 +40,43 @@ class LearnerConfig(BaseModel):
     world_size: int = Field(1, ge=1, description="torch.distributed ranks (Ray actors); 1 = in process")
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
     threads: int = Field(1, ge=1, description="torch threads per rank")
+    sharding: Literal["none", "fsdp2"] = Field(
+        "none", description="none: every rank holds the whole policy (gradients all-reduced); fsdp2: "
+        "torch fully_shard per decoder layer and the root, so parameters, gradients and AdamW states are "
+        "sharded over the ranks (world_size 1 trains in process, unsharded)")
 
 
 def trainable_params(model: Any) -> dict[str, torch.Tensor]:
-    return {n: p.detach().to("cpu").clone() for n, p in model.named_parameters() if p.requires_grad}
+    """The trainable parameters on the CPU; a sharded (FSDP2) policy's are gathered, which is a
+    collective: every rank must call it."""
+    from torch.distributed.tensor import DTensor
+
+    return {n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().to("cpu").clone()
+            for n, p in model.named_parameters() if p.requires_grad}
+
+
+def shard_policy(model: Any) -> Any:
+    """FSDP2: ``fully_shard`` each decoder layer, then the root. Gradients are summed over the
+    ranks (divide factor 1, plain SUM: each micro-batch's loss already carries its share of the global step),
+    and the backbone's forward becomes a root forward method, since the learner calls the decoder
+    and the output embedding separately (``batch.backbone_hidden``)."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
+
+    from components.rl.batch import FSDP_HIDDEN
+
+    layers = set(getattr(model, "_no_split_modules", None) or [])
+    for m in list(model.modules()):
+        if type(m).__name__ in layers:
+            fully_shard(m)
+    fully_shard(model)
+    backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    setattr(model, FSDP_HIDDEN, lambda **inputs: backbone(**inputs).last_hidden_state)
+    register_fsdp_forward_method(model, FSDP_HIDDEN)
+    for m in model.modules():
+        if isinstance(m, FSDPModule):  # per module: neither setting recurses
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)  # gloo has no PREMUL_SUM
+    return model
 
 
 def load_trainable(model: Any, params: dict[str, torch.Tensor]) -> None:
@@ -57,17 +90,16 @@ class _LearnerRank:
     """One rank (a Ray actor): the policy, its ``Learner`` and the process group."""
 
     def __init__(self, cfg: RLConfig, rank: int, base_model_dir: str, device: str, dtype: torch.dtype) -> None:
-        from components.rl.learner import Learner
         from components.rl.policy import build_policy, enable_gradient_checkpointing, reference_policy
 
         torch.set_num_threads(cfg.learner.threads)
         torch.use_deterministic_algorithms(True, warn_only=True)
         self.cfg, self.rank, self.device = cfg, rank, device
-        model = build_policy(cfg, Path(base_model_dir), None, device, dtype)
+        self.model = build_policy(cfg, Path(base_model_dir), None, device, dtype)
         if cfg.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
-        self.learner = Learner(cfg, model, reference_policy(cfg, Path(base_model_dir), device, dtype),
-                               rank=rank, world_size=cfg.learner.world_size)
+            enable_gradient_checkpointing(self.model)
+        self.ref = reference_policy(cfg, Path(base_model_dir), device, dtype)
+        self.learner: Any = None  # built in init_group (FSDP2 shards the policy there, before the optimiser)
 
     def address(self) -> tuple[str, int]:
         """Where rank 0's rendezvous listens: this node's address and a free port."""
@@ -88,9 +120,19 @@ class _LearnerRank:
             backend = "nccl" if self.device.startswith("cuda") else "gloo"
         dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=self.rank,
                                 world_size=self.cfg.learner.world_size, timeout=timedelta(seconds=timeout_s))
+        from components.rl.learner import Learner
+
+        sharded = self.cfg.learner.sharding == "fsdp2"
+        if sharded:
+            shard_policy(self.model)
+            if self.ref is not None:
+                shard_policy(self.ref)
+        self.learner = Learner(self.cfg, self.model, self.ref, rank=self.rank,
+                               world_size=self.cfg.learner.world_size, sharded=sharded)
 
     def set_params(self, params: dict[str, torch.Tensor]) -> None:
-        load_trainable(self.learner.model, params)
+        """The driver's weights, loaded before the process group (and any sharding) exists."""
+        load_trainable(self.model, params)
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state)
@@ -100,7 +142,10 @@ class _LearnerRank:
 
     def update(self, tb: TrainBatch, group_sizes: list[int], from_engine: bool, step: int) -> tuple[Any, Any]:
         res = self.learner.update(tb, group_sizes, None, step, from_engine=from_engine)
-        return res, (trainable_params(self.learner.model) if self.rank == 0 else None)
+        if self.learner.sharded:
+            params = trainable_params(self.model)  # a gather every rank takes part in
+            return res, (params if self.rank == 0 else None)
+        return res, (trainable_params(self.model) if self.rank == 0 else None)
 
     def scheduler_step(self) -> float:
         return self.learner.scheduler_step()
@@ -126,10 +171,10 @@ class DistributedLearner:
         self.ranks: list[Any] = [actor.options(name=f"{ACTOR_PREFIX}-learner-{tag}-{r}", **opts).remote(
             cfg, r, str(base_model_dir), device, dtype) for r in range(world)]
         try:
-            host, port = self._call([self.ranks[0].address.remote()], "learner start")[0]
-            self._call([a.init_group.remote(host, port, self.timeout_s) for a in self.ranks], "learner process group")
             params = ray.put(trainable_params(model))
             self._call([a.set_params.remote(params) for a in self.ranks], "learner weights")
+            host, port = self._call([self.ranks[0].address.remote()], "learner start")[0]
+            self._call([a.init_group.remote(host, port, self.timeout_s) for a in self.ranks], "learner process group")
         except Exception:
             self.close()
             raise
@@ -144,8 +189,10 @@ class DistributedLearner:
         self._call([a.load_state.remote(ref) for a in self.ranks], "learner resume")
 
     def state_dict(self) -> dict[str, Any]:
-        """Rank 0's optimiser and scheduler state (every rank holds the same)."""
-        return self._call([self.ranks[0].state.remote()], "learner state")[0]
+        """Rank 0's optimiser and scheduler state (every rank holds the same; sharded, every rank
+        takes part in gathering the full state, in the format of a single-process learner)."""
+        ranks = self.ranks if self.cfg.learner.sharding == "fsdp2" else self.ranks[:1]
+        return self._call([a.state.remote() for a in ranks], "learner state")[0]
 
     def scheduler_step(self) -> float:
         return float(self._call([a.scheduler_step.remote() for a in self.ranks], "learner schedule")[0])

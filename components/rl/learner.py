@@ -101,24 +101,57 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
         offset += n
 
 
+def _trainable_names(model: Any) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def full_optimizer_state(model: Any, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """A sharded (FSDP2) optimiser's whole state on the CPU, in ``Optimizer.state_dict()``'s format
+    (parameters numbered in order), so a single-process learner resumes it. A collective; ranks
+    other than 0 get ``{}``."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    full = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not full:  # with cpu_offload only rank 0 receives the gathered state
+        return {}
+    index = {n: i for i, n in enumerate(_trainable_names(model))}
+    return {"state": {index[n]: v for n, v in full["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in full["param_groups"]]}
+
+
+def load_full_optimizer_state(model: Any, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """The inverse of ``full_optimizer_state``: every rank takes its shards of a whole state."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = _trainable_names(model)
+    full = {"state": {names[i]: v for i, v in state["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+    set_optimizer_state_dict(model, opt, full, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
 class Learner:
     """Owns the policy's optimiser and scheduler; ``update`` runs the passes over one batch."""
 
     def __init__(self, cfg: RLConfig, model: Any, ref_model: Any | None = None, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, sharded: bool = False) -> None:
         """``rank``/``world_size``: this process's share of each optimiser step's micro-batches
-        (torch.distributed is initialised by the caller when ``world_size > 1``)."""
+        (torch.distributed is initialised by the caller when ``world_size > 1``); ``sharded``: the
+        policy is an FSDP2 module (``distributed.shard_policy``), which reduces the gradients itself."""
         self.cfg, self.model, self.ref_model = cfg, model, ref_model
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.sharded = rank, world_size, sharded
         self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                      weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.warmup_steps))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
+        opt = full_optimizer_state(self.model, self.opt) if self.sharded else self.opt.state_dict()
+        return {"optimizer": opt, "scheduler": self.sched.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt.load_state_dict(state["optimizer"])
+        if self.sharded:
+            load_full_optimizer_state(self.model, self.opt, state["optimizer"])
+        else:
+            self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
 
     def scheduler_step(self) -> float:
@@ -168,18 +201,25 @@ class Learner:
                 model.zero_grad(set_to_none=True)
                 # With engine old log-probs the engine/trainer gap is measured before the first update only.
                 measure_gap = not from_engine or not res.grad_norms
-                for k, sub in enumerate(micro):
-                    pos += 1
-                    if k % self.world_size != self.rank:
-                        continue
+                mine = [(pos + k + 1, sub) for k, sub in enumerate(micro) if k % self.world_size == self.rank]
+                pos += len(micro)
+                # FSDP2: every rank runs as many backward passes as the busiest (a zero-weight pad).
+                runs = -(-len(micro) // self.world_size) if self.sharded else len(mine)
+                for j in range(runs):
+                    at, sub = mine[j] if j < len(mine) else (0, micro[0])
+                    if self.sharded:
+                        model.set_requires_gradient_sync(j == runs - 1)
                     old = old_logp[sub] if old_logp is not None else None
-                    res.entries.append((pos, self._micro_step(
+                    stats = self._micro_step(
                         tb.select(sub), old, ref_logp[sub] if ref_logp is not None else None,
-                        len(sub) / len(mb_idx), mb_tokens, gap=(None if from_engine else old) if measure_gap else False)))
-                if self.world_size > 1:
+                        len(sub) / len(mb_idx), mb_tokens, gap=(None if from_engine else old) if measure_gap else False,
+                        weight=1.0 if j < len(mine) else 0.0)
+                    if j < len(mine):
+                        res.entries.append((at, stats))
+                if self.world_size > 1 and not self.sharded:
                     all_reduce_grads(params)
                 gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                res.grad_norms.append(float(gn))
+                res.grad_norms.append(float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn))
                 self.opt.step()
         res.gather()
         res.seconds = time.perf_counter() - t0
@@ -187,11 +227,11 @@ class Learner:
 
     def _micro_step(self, part: TrainBatch, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
                     share: float, step_tokens: float,
-                    gap: torch.Tensor | None | bool = None) -> dict[str, list[float]]:
+                    gap: torch.Tensor | None | bool = None, weight: float = 1.0) -> dict[str, list[float]]:
         """Forward, loss and backward of one micro-batch (gradients accumulate); returns its stats.
 
         ``gap``: the pre-update trainer log-probs the engine's are compared with (None: this
-        forward's, False: not measured)."""
+        forward's, False: not measured); ``weight`` 0: a pad pass that adds nothing to the gradient."""
         cfg = self.cfg
         logp, ent = response_logprobs(self.model, part, cfg.temperature, cfg.logprob_chunk_size,
                                       share_prompts=cfg.share_prompts)
@@ -203,7 +243,7 @@ class Learner:
             behaviour_logp=part.engine_logp.to(dev) if cfg.loss.tis_cap is not None else None,
             entropy=ent, norm_len=cfg.max_new_tokens, step_share=share, step_tokens=step_tokens,
         ), cfg.loss)
-        out.scaled.backward()
+        (out.scaled * weight if weight != 1.0 else out.scaled).backward()
         stats: dict[str, list[float]] = {}
         for k, v in out.metrics.items():
             stats.setdefault(k, []).append(v)

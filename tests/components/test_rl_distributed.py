@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from components.recipe import RLConfig
 from components.rl.rollout_engine import start_engine
-from components.rl.segment import run_segment
+from components.rl.segment import read_history, run_segment
 from components.rl.workers import ACTOR_PREFIX, RolloutWorkerError
 
 ROWS = [{"id": f"p{i}", "prompt": f"What is {i} + {i}?", "answer": str(2 * i), "system": None,
@@ -113,3 +114,32 @@ def test_a_dead_learner_rank_fails_the_segment_and_the_rerun_resumes(local_ray, 
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
     assert max(float((a[k] - _weights(first)[k]).abs().max()) for k in a) > 1e-4
     assert [r["text"] for r in _rollouts(whole, 2)] == [r["text"] for r in _rollouts(rerun, 2)]
+
+
+def test_two_fsdp2_ranks_give_the_weights_of_one_process_and_resume_across_sharding(local_ray, tiny_model_dir,
+                                                                                     tmp_path, letter_reward):
+    # Step 0 in process, steps 1-2 sharded over W = 2 from its checkpoint (a W = 1 checkpoint resumed
+    # sharded), then step 3 in process from the sharded checkpoint; against the same steps in process.
+    cfg = _cfg(steps=4, segment_steps=4)
+    fsdp = cfg.model_copy(update={"learner": cfg.learner.model_copy(update={"world_size": 2, "sharding": "fsdp2"})})
+    first = _segment(tiny_model_dir, tmp_path / "first", cfg, 0, 1)
+    mid = _segment(tiny_model_dir, tmp_path / "mid", fsdp, 1, 3, init=first)
+    ref = _segment(tiny_model_dir, tmp_path / "ref", cfg, 1, 3, init=first)
+    last = _segment(tiny_model_dir, tmp_path / "last", cfg, 3, 4, init=mid)
+    cont = _segment(tiny_model_dir, tmp_path / "cont", cfg, 3, 4, init=ref)
+    for a, b in ((ref, mid), (cont, last)):
+        wa, wb = _weights(a), _weights(b)
+        assert wa.keys() == wb.keys()
+        assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+    assert max(float((_weights(mid)[k] - _weights(first)[k]).abs().max()) for k in _weights(mid)) > 1e-4
+    norms = [[h["grad_norm"] for h in read_history(d)] for d in (ref, mid)]
+    assert norms[0] == pytest.approx(norms[1], rel=1e-5)
+    sa, sb = (torch.load(d / "trainer_state.pt", weights_only=False)["optimizer"] for d in (ref, mid))
+    assert sa["state"].keys() == sb["state"].keys()
+    assert max(float((sa["state"][i][k] - sb["state"][i][k]).abs().max())
+               for i in sa["state"] for k in ("exp_avg", "exp_avg_sq")) < 1e-6
+
+
+def test_fsdp2_with_lora_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="fsdp2 cannot be combined with lora"):
+        _cfg(lora={"r": 4}, learner={"world_size": 2, "sharding": "fsdp2"})
