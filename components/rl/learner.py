@@ -111,7 +111,7 @@ def full_optimizer_state(model: Any, opt: torch.optim.Optimizer) -> dict[str, An
     other than 0 get ``{}``."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    full = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    full: Any = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not full:  # with cpu_offload only rank 0 receives the gathered state
         return {}
     index = {n: i for i, n in enumerate(_trainable_names(model))}
@@ -124,7 +124,7 @@ def load_full_optimizer_state(model: Any, opt: torch.optim.Optimizer, state: dic
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     names = _trainable_names(model)
-    full = {"state": {names[i]: v for i, v in state["state"].items()},
+    full: Any = {"state": {names[i]: v for i, v in state["state"].items()},
             "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
     set_optimizer_state_dict(model, opt, full, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
