@@ -29,7 +29,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 LONGEST_FIRST = [
     "tests/flows/test_ray_executor.py",  # 691 at load 6-11 (2026-12-02, not measured on a quiet machine)
     "tests/flows/test_ui_form_browser.py",  # 267
-    "tests/components/test_rl_distributed.py",  # 190 (measured alone beside 3 other helpers)
+    "tests/components/test_rl_distributed.py",  # 240 (measured alone beside other helpers, with fsdp2)
     "tests/flows/test_kill_resume.py",  # 182
     "tests/promises/test_tool_recipe_masks_tool_tokens_and_logs_transcripts.py",  # 175 (beside helpers)
     "tests/promises/test_derived_code_versions.py",  # 168
