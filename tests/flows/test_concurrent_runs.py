@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from components.recipe import load_recipe
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -58,7 +60,10 @@ def test_two_simultaneous_runs_compute_each_stage_once(tmp_path):
     assert codes == [0, 0], tails
 
     a, b = (json.loads((tmp_path / f"{n}.json").read_text())["stages"] for n in ("a", "b"))
-    assert list(a) == list(b) and len(a) == 8
+    smoke = load_recipe("smoke")
+    models = ["base", "rl", *(v.name for v in smoke.compress.variants)]
+    # the stages, the compression variants and one evaluation pass task per model
+    assert list(a) == list(b) and len(a) == 6 + len(models) + len(models) - 2
     for name in a:
         # Both runs hold the same payloads; every stage but rl_train was computed by exactly one
         # of them. rl_train is "cached" only when all its segments were, so when one run computed

@@ -180,6 +180,7 @@ def test_deployments_registered_triggered_and_run_on_a_worker(prefect_api, tmp_p
                 {"parameters": {"config": form, "stages": ["curate"]}}).json()
     other = _post(api, f"/deployments/{retrain['id']}/create_flow_run",
                   {"parameters": {"recipe": "smoke", "stages": ["curate"]}}).json()
+    assert "state" in run and "state" in other, (run, other)  # an error detail instead of a flow run
     assert run["state"]["type"] == other["state"]["type"] == "SCHEDULED"
     # Two runs waiting, one slot: the pool hands out the first only.
     assert _handed_out(api) == [run["id"]]

@@ -15,14 +15,21 @@ import pytest
 import s3fs
 from s3_server import s3_server  # noqa: F401 - session fixture
 
+from components.recipe import load_recipe
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "posttrain-cache"
 PREFIX = "team"
-# smoke: prepare_model, curate, estimate_difficulty, rl_train as 4 steps / segment_steps 2 = 2
-# segment tasks, 2 compress variants, evaluate, deploy -> 3 + 2 + 2 + 1 + 1 = 9 cached task results.
-N_TASK_RESULTS = 9
+# smoke: prepare_model, curate, estimate_difficulty (one shard: one task), rl_train as
+# steps / segment_steps segment tasks, one compress task per variant, one evaluate_passes task per
+# model (base, rl, each variant), evaluate, deploy: one cached task result each.
+_SMOKE = load_recipe("smoke")
+_VARIANTS = [v.name for v in _SMOKE.compress.variants]
+N_SEGMENTS = -(-_SMOKE.rl_train.steps // _SMOKE.rl_train.segment_steps)
+N_TASK_RESULTS = 3 + N_SEGMENTS + len(_VARIANTS) + (2 + len(_VARIANTS)) + 2
+N_STAGES = 4 + len(_VARIANTS) + (2 + len(_VARIANTS)) + 2  # rl_train is one stage in the summary
 
 
 def _env(state: Path, server: dict) -> dict:
@@ -60,7 +67,7 @@ def test_second_process_with_empty_state_hits_the_s3_cache(s3_server, tmp_path):
     assert not (tmp_path / "b").exists()
     b, b_s = _run(tmp_path, "b", s3_server)
     sa, sb = a["stages"], b["stages"]
-    assert list(sa) == list(sb) and len(sa) == 8
+    assert list(sa) == list(sb) and len(sa) == N_STAGES
     assert not any(s["cached"] for s in sa.values())
     assert all(s["cached"] for s in sb.values()), {k: v["cached"] for k, v in sb.items()}
     for name in sa:
