@@ -415,14 +415,18 @@ def run_stage(task_fn, *, stage: str, parent_run_id: str, refresh: bool = False,
         except BaseException:
             trk.end_run(run_id, "FAILED")
             raise
-        if cached:
-            trk.set_tags(run_id, {"cache_hit": "true", "cache_key": result.key})
-            trk.log_metrics(run_id, result.metrics)
-        trk.end_run(run_id)
-        result.info["mlflow_run_id"] = run_id
-        result.info["cached"] = cached
-        rep.end(cached, result.metrics, result.info)
+        _finish(trk, run_id, rep, result, cached)
     return result, cached
+
+
+def _finish(trk, run_id: str, rep, result: StageResult, cached: bool) -> None:
+    """End a stage's child run and its report; a cache hit is tagged and given the cached figures."""
+    if cached:
+        trk.set_tags(run_id, {"cache_hit": "true", "cache_key": result.key})
+        trk.log_metrics(run_id, result.metrics)
+    trk.end_run(run_id)
+    result.info.update(mlflow_run_id=run_id, cached=cached)
+    rep.end(cached, result.metrics, result.info)
 
 
 def _submit(task_fn: Task, label: str, run_id: str, refresh: bool, kwargs: dict):
@@ -466,11 +470,6 @@ def run_stages(task_fn: Task, jobs: list[tuple[str, dict]], *, parent_run_id: st
                 for _label, _kw, other, _rep, _fut in pending[i:]:
                     trk.end_run(other, "FAILED")
                 raise
-            if cached:
-                trk.set_tags(run_id, {"cache_hit": "true", "cache_key": result.key})
-                trk.log_metrics(run_id, result.metrics)
-            trk.end_run(run_id)
-            result.info.update(mlflow_run_id=run_id, cached=cached)
-            rep.end(cached, result.metrics, result.info)
+            _finish(trk, run_id, rep, result, cached)
             out.append((result, cached))
     return out

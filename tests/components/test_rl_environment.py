@@ -12,6 +12,7 @@ import json
 
 import pytest
 import torch
+from teaching import teach
 
 from components.difficulty.online import OnlineTracker
 from components.engines.base import Sample
@@ -55,19 +56,7 @@ def taught(tiny_model_dir):
             (tok(ANSWER, add_special_tokens=False)["input_ids"] + [tok.eos_token_id], 1)]
     ids = prompt + [t for s, _ in segs for t in s]
     mask = [0] * len(prompt) + [m for s, m in segs for _ in s]
-    x, sel = torch.tensor([ids]), torch.tensor(mask[1:], dtype=torch.bool)
-    target = x[0, 1:][sel]
-    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
-    torch.manual_seed(0)
-    for _ in range(300):
-        logits = model(input_ids=x).logits[0, :-1][sel]
-        loss = torch.nn.functional.cross_entropy(logits, target)
-        if bool((logits.argmax(-1) == target).all()) and float(loss.detach()) < 0.05:
-            break
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    teach(model, ids, mask)
     return model, tok
 
 

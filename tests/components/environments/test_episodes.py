@@ -13,6 +13,7 @@ import time
 
 import pytest
 import torch
+from teaching import teach
 
 from components.engines.base import SamplingParams
 from components.engines.transformers_engine import TransformersEngine
@@ -77,19 +78,7 @@ def taught(tiny_model_dir):
     prompt, segs = _script(tok)
     ids = prompt + [t for s, _ in segs for t in s]
     mask = [0] * len(prompt) + [m for s, m in segs for _ in s]
-    x, sel = torch.tensor([ids]), torch.tensor(mask[1:], dtype=torch.bool)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
-    torch.manual_seed(0)
-    target = x[0, 1:][sel]
-    for _ in range(300):
-        logits = model(input_ids=x).logits[0, :-1][sel]
-        loss = torch.nn.functional.cross_entropy(logits, target)
-        if bool((logits.argmax(-1) == target).all()) and float(loss.detach()) < 0.05:
-            break
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    teach(model, ids, mask)
     return TransformersEngine(model, tok), prompt, segs
 
 
