@@ -112,7 +112,14 @@ def prefect_api(tmp_path_factory):
 
 
 def _post(api: str, path: str, body: dict | None = None) -> httpx.Response:
-    return httpx.post(f"{api}{path}", json=body or {}, timeout=30)
+    """POST as Prefect's own client does: a 503 (the server's database busy on a loaded machine) is
+    retried after a pause, up to 5 times."""
+    for attempt in range(6):
+        r = httpx.post(f"{api}{path}", json=body or {}, timeout=30)
+        if r.status_code != 503 or attempt == 5:
+            return r
+        time.sleep(2.0 * (attempt + 1))
+    return r
 
 
 def _handed_out(api: str) -> list[str]:
