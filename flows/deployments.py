@@ -140,10 +140,52 @@ def deploy_flows(specs: list[DeploymentSpec], work_pool: str = WORK_POOL, work_q
     return {d.name: str(d.apply()) for d in build_deployments(specs, work_pool, work_queue)}
 
 
+MISSED = "missed: serve-flows was not running at its scheduled time (scheduled retrains are not caught up)"
+
+
+def skip_missed_retrains(name: str = "recurring-retrain") -> list[str]:
+    """Cancel the scheduler's runs of the retrain that are already late, with a message; the ids.
+
+    Choice (Airflow's ``catchup=False``): a retrain starts from the champion on the latest data, so
+    the retrains missed while ``serve-flows`` was stopped would all compute the same thing one after
+    another. Prefect keeps late scheduled runs and a restarted runner would run every one of them
+    (an every-minute schedule stopped for ten minutes: ten retrains in a row). Runs a user scheduled
+    by hand are left alone; the next scheduled time runs as usual.
+    """
+    from datetime import datetime, timezone
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled
+
+    now = datetime.now(timezone.utc)
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.SCHEDULED]))))
+        late = [r for r in runs if r.auto_scheduled and r.run_count == 0 and r.expected_start_time
+                and r.expected_start_time < now]
+        for r in late:
+            client.set_flow_run_state(r.id, Cancelled(message=MISSED), force=True)
+    if late:
+        print(f"serve-flows: {len(late)} scheduled {name} run(s) missed while it was stopped: cancelled, "
+              "not caught up", flush=True)
+    return [str(r.id) for r in late]
+
+
 def serve_flows(specs: list[DeploymentSpec]) -> None:
     """Register the deployments and run their flow runs from this process until Ctrl-C."""
     from prefect import serve
 
     ensure_gpu_limit()
+    skip_missed_retrains()
     # limit=1: one flow run at a time in this process, whichever deployment it belongs to.
     serve(*build_deployments(specs, work_pool=None), limit=1)

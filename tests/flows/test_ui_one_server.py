@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 
 import pytest
-from ui_procs import api, deployment, prefect_servers, start_serve_flows, stop, wait_for
+from ui_procs import active_runs, api, deployment, prefect_servers, start_serve_flows, stop, wait_for
 
 
 def _artifact_link(base: str, flow_run_id: str, key: str) -> str:
@@ -63,7 +63,8 @@ def test_ui_on_other_ports_runs_a_form_run_on_its_own_server(posttrain_ui, tmp_p
         run = created.json()
         done = wait_for("the run to finish", lambda: (lambda fr: fr if fr["state"]["type"] in (
             "COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None)(
-            api(base, "GET", f"/flow_runs/{run['id']}").json()), 400, every_s=2)
+            api(base, "GET", f"/flow_runs/{run['id']}").json()), 600, every_s=2,
+            explain=lambda: f"runs not final:\n{active_runs(base)}\nserve-flows log:\n{log.read_text()[-3000:]}")
         assert done["state"]["type"] == "COMPLETED", (done["state"], log.read_text()[-3000:])
         assert len(prefect_servers(state / "prefect")) == 1  # the UI's, not an ephemeral one beside it
         link = _artifact_link(base, run["id"], "mlflow-run")

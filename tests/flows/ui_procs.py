@@ -23,14 +23,23 @@ def clean_env(state: Path, **extra: str) -> dict:
     return {**env, "POSTTRAIN_STATE_DIR": str(state), **extra}
 
 
-def wait_for(what: str, fn, timeout_s: float, every_s: float = 1.0):
+def wait_for(what: str, fn, timeout_s: float, every_s: float = 1.0, explain=None):
+    """fn() until it is truthy; on timeout, the error carries ``explain()`` (what the test saw)."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         got = fn()
         if got:
             return got
         time.sleep(every_s)
-    raise TimeoutError(f"{what}: not within {timeout_s:.0f}s")
+    raise TimeoutError(f"{what}: not within {timeout_s:.0f}s" + (f"\n{explain()}" if explain else ""))
+
+
+def active_runs(base: str) -> str:
+    """The server's flow runs that are not final, one line each (what a stuck run waits behind)."""
+    body = {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}}}}
+    runs = api(base, "POST", "/flow_runs/filter", body).json()
+    return "\n".join(f"  {r['name']} {r['state']['type']}/{r['state']['name']} expected {r['expected_start_time']}"
+                     f" deployment {r['deployment_id']}" for r in runs[:20])
 
 
 def start_ui(state: Path, prefect_port: int, mlflow_port: int) -> tuple[subprocess.Popen, list[str]]:
