@@ -115,3 +115,32 @@ class CountdownEnvironment(Environment):
             return format_number(evaluate(expr)) == str(self.target)
         except ToolError:
             return False
+
+
+WORKED_EPISODES: list[list[Message]] = [
+    [{"role": "user", "content": "What is 23 * 47? Call the calculator tool, then give only the final number."},
+     {"role": "assistant", "content": '<tool_call>\n{"name": "calculator", "arguments": {"expression": "23 * 47"}}\n</tool_call>'},
+     {"role": "tool", "content": "1081"},
+     {"role": "assistant", "content": "1081"}],
+    [{"role": "user", "content": "Sam has 58 apples and buys 7 bags of 12 apples. How many apples does he have? "
+                                 "Call the calculator tool, then give only the final number."},
+     {"role": "assistant", "content": '<tool_call>\n{"name": "calculator", "arguments": {"expression": "58 + 7 * 12"}}\n</tool_call>'},
+     {"role": "tool", "content": "142"},
+     {"role": "assistant", "content": "142"}],
+]
+
+
+@register_environment("calculator_worked")
+class WorkedCalculatorEnvironment(CalculatorEnvironment):
+    """``calculator`` with only the calculator tool and worked episodes (question, call, result, answer)
+    as chat turns before the question: SmolLM2-135M copies the call format from turns, not from the
+    system prompt's description (measured in the README's ``tools`` section)."""
+
+    def tools(self) -> list[Tool]:
+        return [Tool.of(calculator)]
+
+    def opening_messages(self, row: dict[str, Any]) -> list[Message]:
+        shots = [m for ep in WORKED_EPISODES for m in ep]
+        msgs = super().opening_messages(row)
+        head = [m for m in msgs if m["role"] == "system"]
+        return head + shots + [m for m in msgs if m["role"] != "system"]
