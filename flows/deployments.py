@@ -186,6 +186,8 @@ def serve_flows(specs: list[DeploymentSpec]) -> None:
     from prefect import serve
 
     ensure_gpu_limit()
-    skip_missed_retrains()
+    for spec in specs:
+        if spec.cron:  # the scheduled deployments: recurring-retrain
+            skip_missed_retrains(spec.name)
     # limit=1: one flow run at a time in this process, whichever deployment it belongs to.
     serve(*build_deployments(specs, work_pool=None), limit=1)

@@ -163,3 +163,17 @@ def test_countdown_rewards_reaching_the_target_by_steps():
     assert env.pool == [7, 15]
     assert env.step(call("combine", a=15, op="+", b=7)).messages[0]["content"].endswith("pool: [22]")
     assert env.step("22").reward == 1.0
+
+
+def test_worked_calculator_opens_with_episodes_the_calculator_itself_agrees_with():
+    from components.environments.builtin import WORKED_EPISODES
+
+    env = make_environment("calculator_worked", EnvironmentConfig())
+    msgs = env.reset({"prompt": "What is 6 * 7?", "answer": "42"}).messages
+    shots = [m for ep in WORKED_EPISODES for m in ep]
+    assert [t.name for t in env.tools()] == ["calculator"]
+    assert msgs[-1] == {"role": "user", "content": "What is 6 * 7?"} and shots == msgs[-1 - len(shots):-1]
+    for ep in WORKED_EPISODES:  # each shown call, run through this environment, gives the shown result
+        call_turn, result, answer = ep[1]["content"], ep[2]["content"], ep[3]["content"]
+        assert env.step(call_turn).messages[0]["content"] == result == answer
+    assert env.step("42").reward == 1.0
