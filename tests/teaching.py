@@ -7,11 +7,11 @@ from typing import Any
 import torch
 
 
-def teach(model: Any, ids: list[int], mask: list[int], steps: int = 300) -> None:
+def teach(model: Any, ids: list[int], mask: list[int], steps: int = 300, lr: float = 2e-2) -> None:
     """Fit ``model`` to predict the tokens of ``ids`` whose ``mask`` is 1 (greedy-exact, loss < 0.05)."""
     x, sel = torch.tensor([ids]), torch.tensor(mask[1:], dtype=torch.bool)
     target = x[0, 1:][sel]
-    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     torch.manual_seed(0)
     for _ in range(steps):
         logits = model(input_ids=x).logits[0, :-1][sel]

@@ -122,21 +122,14 @@ def test_stop_string_truncates(engine: VLLMEngine) -> None:
     assert s.text == expected
 
 
-def test_sample_continuations_and_episodes_on_token_ids(engine: VLLMEngine, tiny_models) -> None:
-    """Token-id continuations (the multi-turn API; before the weight updates, which leave v2 served): greedy ids equal transformers' greedy ids from
-    the same prefix, and an episode's model tokens carry vLLM's log-probs of those ids."""
-    from components.environments import EnvironmentConfig, make_environment
-    from components.environments.episodes import run_episodes
-
+def test_sample_continuations_on_token_ids(engine: VLLMEngine, tiny_models) -> None:
+    """Token-id continuations (the multi-turn API; before the weight updates, which leave v2
+    served): greedy ids equal transformers' greedy ids from the same prefix. Whole episodes on
+    vLLM, their masks and log-probs: test_vllm_episodes.py."""
     model = _hf(tiny_models["v1"])
     prefix = engine.encode_prompt(PROMPTS[0]) + engine.tokenizer("<tool_call>", add_special_tokens=False)["input_ids"]
     (ids, lps, _reason), = engine.sample_continuations([prefix], SamplingParams(max_new_tokens=6, temperature=0))
     assert ids == _hf_greedy(model, prefix, len(ids)) and len(lps) == len(ids)
-    env = make_environment("calculator", EnvironmentConfig(max_total_tokens=8))
-    ep = run_episodes(engine, [env], [{"prompt": "What is 7+5?", "answer": "12"}],
-                      SamplingParams(max_new_tokens=8, temperature=1.0, seed=3))[0]
-    assert ep.end_reason in ("done", "max_tokens", "length") and ep.loss_mask == [1] * len(ep.token_ids)
-    assert ep.logprobs == pytest.approx(_hf_logprobs(model, ep.prompt_ids, ep.token_ids, 1.0, 0), abs=1e-3)
 
 
 def test_update_weights_inplace(engine: VLLMEngine, tiny_models) -> None:
