@@ -122,3 +122,46 @@ def test_blue_green_lifecycle(vllm_venv, tiny_models, make_server_cfg, tmp_path:
         assert not pid_alive(d2.pid) and deployer.list() == []
     finally:
         deployer.stop_all()
+
+
+def _engine_successes(endpoint: str) -> dict[str, float]:
+    """Finished requests per data-parallel engine, from the server's Prometheus ``/metrics``
+    (vLLM labels each engine's counters with ``engine="<rank>"``)."""
+    out: dict[str, float] = {}
+    for line in httpx.get(endpoint.removesuffix("/v1") + "/metrics", timeout=30).text.splitlines():
+        if line.startswith("vllm:request_success_total{"):
+            labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1 : line.index("}")].split(","))
+            engine = labels["engine"].strip('"')
+            out[engine] = out.get(engine, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+@pytest.mark.vllm
+def test_blue_green_across_a_replica_set(vllm_venv, tiny_models, make_server_cfg, tmp_path: Path) -> None:
+    """``replicas: 2``: one endpoint, two engine cores (``--data-parallel-size 2``) that both answer
+    requests; rolling v2 out replaces the whole set with no failed request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = make_server_cfg(replicas=2, inproc_worker=False)  # one engine-core process per replica
+    deployer = BlueGreenDeployer(tmp_path / "deploy" / "state.json", cfg, smoke_max_tokens=8, drain_s=1.0)
+    try:
+        d1 = deployer.deploy(tiny_models["v1"], "v1", name="tiny")
+        before = _engine_successes(d1.endpoint)
+        client = OpenAI(base_url=d1.endpoint, api_key="EMPTY", max_retries=0)
+        ask = lambda i: client.completions.create(model="tiny", prompt=f"count {i}", max_tokens=16, temperature=0)  # noqa: E731
+        with ThreadPoolExecutor(8) as pool:
+            assert all(r.choices[0].text is not None for r in pool.map(ask, range(16)))
+        after = _engine_successes(d1.endpoint)
+        served = {e: after[e] - before.get(e, 0.0) for e in after}
+        assert set(served) == {"0", "1"} and sum(served.values()) == 16, served
+        assert min(served.values()) > 0, served  # the API server spread the requests over both engines
+
+        poller = Poller(deployer, "tiny")
+        poller.start()
+        d2 = deployer.deploy(tiny_models["v2"], "v2", name="tiny")
+        poller.wait_for_more(5)
+        assert poller.failed == [] and poller.ok[-1] == "v2"
+        assert not pid_alive(d1.pid) and pid_alive(d2.pid)
+        assert set(_engine_successes(d2.endpoint)) == {"0", "1"}
+    finally:
+        deployer.stop_all()
