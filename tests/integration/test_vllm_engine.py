@@ -165,3 +165,32 @@ def test_update_weights_by_restart(engine: VLLMEngine, tiny_models) -> None:
     s = engine.generate(PROMPTS[:1], n=1, params=greedy).groups[0][0]
     assert s.token_ids == _hf_greedy(hf2, prompt, 12)[: s.num_tokens]
     assert s.versions == [5] * s.num_tokens
+
+
+def test_update_weights_reach_every_replica(vllm_venv, tiny_models, make_server_cfg) -> None:
+    """``rl_train.vllm.replicas: 2``: the in-place reload reaches both data-parallel engines, so
+    every request after the update, whichever engine takes it, samples from the new weights."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transformers import AutoTokenizer
+
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=8)
+    tok = AutoTokenizer.from_pretrained(tiny_models["v1"])
+    eng = VLLMEngine(tiny_models["v1"], make_server_cfg(served_model_name="tiny-dp", replicas=2, inproc_worker=False), tok)
+    try:
+        prompts = [[{"role": "user", "content": f"Count to {i}."}] for i in range(8)]
+        hf1, hf2 = _hf(tiny_models["v1"]), _hf(tiny_models["v2"])
+
+        def check(model, version: int) -> None:
+            with ThreadPoolExecutor(8) as pool:  # concurrent requests: the API server spreads them
+                outs = list(pool.map(lambda p: eng.generate([p], n=1, params=greedy).groups[0][0], prompts))
+            for p, s in zip(prompts, outs):
+                assert s.token_ids == _hf_greedy(model, eng.encode_prompt(p), 8)[: s.num_tokens]
+                assert s.versions == [version] * s.num_tokens
+
+        check(hf1, 0)
+        eng.update_weights(tiny_models["v2"], version=1)
+        assert eng.last_update["method"] == "inplace"
+        check(hf2, 1)
+    finally:
+        eng.close()
