@@ -12,15 +12,13 @@ import json
 
 import pytest
 import torch
-from teaching import teach
+from teaching import short_calculator, teach_episode
 
 from components.difficulty.online import OnlineTracker
 from components.engines.base import Sample
 from components.engines.transformers_engine import TransformersEngine
-from components.environments import Tool, register_environment
-from components.environments.arithmetic import calculator
-from components.environments.builtin import CalculatorEnvironment, same_number
-from components.environments.chat import prompt_ids, tool_turn_ids
+from components.environments.builtin import same_number
+from components.environments.chat import tool_turn_ids
 from components.models import load_model, load_tokenizer
 from components.recipe import RecipeError, load_recipe
 from components.rl.batch import build_batch, response_logprobs
@@ -37,26 +35,14 @@ CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "123 * 45"
 ANSWER = f"The answer is {123 * 45}."
 
 
-@register_environment(ENV)
-class ShortCalculator(CalculatorEnvironment):
-    tool_prompt = "Tools:\n{tools}"
-
-    def tools(self) -> list[Tool]:
-        return [Tool.of(calculator)]
+ShortCalculator = short_calculator(ENV, "Tools:\n{tools}")
 
 
 @pytest.fixture(scope="module")
 def taught(tiny_model_dir):
     """The tiny model after learning the two-turn episode (greedy decoding reproduces it)."""
     tok, model = load_tokenizer(tiny_model_dir), load_model(tiny_model_dir)
-    obs = ShortCalculator().reset(ROW)
-    prompt = prompt_ids(tok, obs.messages, obs.tools, ShortCalculator.tool_prompt)
-    segs = [(tok(CALL, add_special_tokens=False)["input_ids"], 1),
-            (tool_turn_ids(tok, [{"role": "tool", "content": calculator("123 * 45")}]), 0),
-            (tok(ANSWER, add_special_tokens=False)["input_ids"] + [tok.eos_token_id], 1)]
-    ids = prompt + [t for s, _ in segs for t in s]
-    mask = [0] * len(prompt) + [m for s, m in segs for _ in s]
-    teach(model, ids, mask)
+    teach_episode(model, tok, ShortCalculator, ROW, CALL, ANSWER)
     return model, tok
 
 

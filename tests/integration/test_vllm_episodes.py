@@ -13,15 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from teaching import teach
+from teaching import short_calculator, teach_episode
 
 from components.difficulty.online import OnlineTracker
 from components.engines.vllm_engine import VLLMEngine
-from components.environments import Tool, register_environment
 from components.environments.arithmetic import calculator
-from components.environments.builtin import CalculatorEnvironment, same_number
-from components.environments.chat import prompt_ids, tool_turn_ids
+from components.environments.builtin import same_number
+from components.environments.chat import tool_turn_ids
 from components.models import load_model, load_tokenizer
 from components.rl.collector import Collector, PromptSampler
 from components.rl.config import RLConfig
@@ -36,29 +34,14 @@ CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "12 * 4"}}
 ANSWER = "48"
 
 
-@register_environment(ENV)
-class ShortCalculator(CalculatorEnvironment):
-    tool_prompt = "Tools: {tools}"
-
-    def tools(self) -> list[Tool]:
-        return [Tool.of(calculator)]
+ShortCalculator = short_calculator(ENV, "Tools: {tools}")
 
 
 @pytest.fixture(scope="module")
 def taught_dir(tiny_models, tmp_path_factory) -> Path:
     """The tiny model after learning the two-turn episode, saved for the server."""
     tok, model = load_tokenizer(tiny_models["v1"]), load_model(tiny_models["v1"])
-    obs = ShortCalculator().reset(ROW)
-    prompt = prompt_ids(tok, obs.messages, obs.tools, ShortCalculator.tool_prompt)
-    segs = [(tok(CALL, add_special_tokens=False)["input_ids"], 1),
-            (tool_turn_ids(tok, [{"role": "tool", "content": calculator("12 * 4")}]), 0),
-            (tok(ANSWER, add_special_tokens=False)["input_ids"] + [tok.eos_token_id], 1)]
-    ids = prompt + [t for s, _ in segs for t in s]
-    mask = [0] * len(prompt) + [m for s, m in segs for _ in s]
-    teach(model, ids, mask, steps=1500, lr=3e-3)
-    with torch.no_grad():  # greedy decoding reproduces every model token of the episode
-        pred = model(input_ids=torch.tensor([ids])).logits[0, :-1].argmax(-1)
-    assert all(int(p) == t for p, t, m in zip(pred, ids[1:], mask[1:]) if m), "teaching did not converge"
+    teach_episode(model, tok, ShortCalculator, ROW, CALL, ANSWER, steps=1500, lr=3e-3)
     out = tmp_path_factory.mktemp("taught")
     model.save_pretrained(out)
     tok.save_pretrained(out)
