@@ -147,8 +147,13 @@ def preflight(rec, settings) -> None:
         check_writable(root, "artifact root", "POSTTRAIN_ARTIFACT_ROOT")
         check_free_space(root, "artifact root", ps.min_free_mb)
     check_sources(rec)
+    check_executor(settings, ps)
+
+
+def check_executor(settings, ps: PreflightSettings | None = None) -> None:
+    """The executor's checks: with ``executor=ray``, ``check_ray``; nothing locally."""
     if settings.executor == "ray":
-        check_ray(settings, ps.s3_timeout_s)
+        check_ray(settings, (ps or PreflightSettings()).s3_timeout_s)
 
 
 def write_error_log(state: Path, exc: BaseException) -> Path:

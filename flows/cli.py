@@ -85,7 +85,21 @@ def _main(
         except RuntimeError as e:
             typer.echo(str(e), err=True)
             raise typer.Exit(1)
+        if ctx.invoked_subcommand == "serve-flows":
+            _check_executor()
         typer.echo(prefect_server_note(), err=True)
+
+
+def _check_executor() -> None:
+    """serve-flows runs the flow runs in this machine's environment: with POSTTRAIN_EXECUTOR=ray, a
+    missing or unreachable cluster is its start-up error (one line, exit 2), not every run's."""
+    from components.preflight import UserError, check_executor
+    from components.settings import get_settings
+
+    try:
+        check_executor(get_settings())
+    except UserError as e:
+        _fail(e, 2, False)
 
 
 @app.command()
@@ -112,11 +126,10 @@ def run(
         from tasks.server import begin_prefect_api, ensure_prefect_api
 
         api = begin_prefect_api(settings.lock_dir)  # boots while the flow's modules import
-        from flows.post_training import post_training
-        from tasks.executor import task_runner
+        from flows.post_training import post_training  # its task runner follows POSTTRAIN_EXECUTOR
 
         ensure_prefect_api(settings.lock_dir, api)
-        result = post_training.with_options(task_runner=task_runner(settings))(recipe=recipe, overrides=set_, stages=stage_list)
+        result = post_training(recipe=recipe, overrides=set_, stages=stage_list)
     except (UserError, RecipeError) as e:
         _fail(e, 2, debug)
     except Exception as e:  # noqa: BLE001 - one line and the log file, never 500 lines

@@ -18,7 +18,6 @@ from pathlib import Path  # noqa: E402
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
-from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from components import runowners  # noqa: E402
@@ -43,7 +42,7 @@ from tasks import difficulty as difficulty_t  # noqa: E402
 from tasks import evaluate as evaluate_t  # noqa: E402
 from tasks import prepare_model as model_t  # noqa: E402
 from tasks.common import announce_run, reporting, run_stage, run_stages, store, tracker  # noqa: E402
-from tasks.executor import task_runner  # noqa: E402
+from tasks.executor import ExecutorTaskRunner, check_executor  # noqa: E402
 from tasks.reconcile import reconcile  # noqa: E402
 
 
@@ -126,9 +125,9 @@ def resolve_recipe(recipe: str, config: Recipe | None, overrides: list[str] | No
         raise RecipeError("; ".join(x.strip() for x in format_validation_error(e).splitlines())) from None
 
 
-# Fan-out tasks run one at a time here unless the caller picks the executor's task runner
-# (``posttrain run`` and ``main`` do: tasks.executor.task_runner).
-@flow(name="post-training", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+# Fan-out tasks run where POSTTRAIN_EXECUTOR of the process running the flow says (one at a time
+# locally, or on the Ray cluster), however the run was started: tasks.executor decides.
+@flow(name="post-training", log_prints=True, task_runner=ExecutorTaskRunner())
 def post_training(recipe: RecipeName = "smoke", overrides: list[Override] | None = None,
                   stages: list[StageName] | None = None, config: Recipe | None = None) -> dict:
     """Base model + prompts -> curated data, difficulty, GRPO, compression, gated deployment.
@@ -144,6 +143,7 @@ def post_training(recipe: RecipeName = "smoke", overrides: list[Override] | None
             replaces the named recipe (choose None to run the recipe by name).
     """
     t_start, wall_start = time.perf_counter(), time.time()
+    check_executor()  # a missing or unreachable Ray cluster: one line, before any stage
     rec = resolve_recipe(recipe, config, overrides)
     last = _wanted(stages)
     log = get_run_logger()
@@ -267,8 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stages", default=None)
     p.add_argument("--summary", default=None)
     a = p.parse_args(argv)
-    run = post_training.with_options(task_runner=task_runner())
-    s = run(recipe=a.recipe, overrides=a.overrides, stages=a.stages.split(",") if a.stages else None)
+    s = post_training(recipe=a.recipe, overrides=a.overrides, stages=a.stages.split(",") if a.stages else None)
     if a.summary:
         with open(a.summary, "w") as f:
             json.dump(s, f, indent=2, default=str)

@@ -10,29 +10,107 @@ never a secret: S3 keys come from each node's own environment (the shell that ra
 serialized context, as prefect-ray does it.
 
 Locally the fan-out tasks run one at a time (the memory and thread use of one stage, as before).
+
+Which of the two a flow run gets is decided here only, from the settings of the process that
+runs the flow: the post-training flow's decorator carries an ``ExecutorTaskRunner``, which picks
+when the run first submits work. So ``posttrain run``, ``python -m flows.post_training``, a
+deployment run of ``serve-flows`` or of a worker (a fresh process importing the entrypoint, with
+that process's environment) and the retrain's subflow all honour ``POSTTRAIN_EXECUTOR``;
+importing a flow never connects to Ray, and ``check_executor`` (the first line of the flow)
+turns a missing or unreachable cluster into a one-line error before any stage runs.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from components.settings import Settings, get_settings
 
 RAY_NAMESPACE = "posttrain"
+# Ray job metadata naming the Prefect flow run whose fan-out tasks a Ray job (one driver) runs, and
+# the run it belongs to (a deployment run of recurring-retrain for its post-training subflow):
+# `ray list jobs --detail` or Ray's state API find a run's tasks through them.
+FLOW_RUN_KEY = "prefect_flow_run_id"
+ROOT_FLOW_RUN_KEY = "prefect_root_flow_run_id"
 
 
-def task_runner(settings: Settings | None = None) -> TaskRunner:
-    """The task runner of the post-training flow for these settings."""
+def task_runner(settings: Settings | None = None, job_metadata: dict[str, str] | None = None) -> TaskRunner:
+    """The task runner of the post-training flow for these settings (not started)."""
     s = settings or get_settings()
     if s.executor != "ray":
         return ThreadPoolTaskRunner(max_workers=1)
     from prefect_ray import RayTaskRunner
+    from ray.job_config import JobConfig
 
     return RayTaskRunner(address=s.ray_address, init_kwargs={
         "namespace": RAY_NAMESPACE,
         "runtime_env": {"env_vars": s.worker_env()},
+        "job_config": JobConfig(metadata=dict(job_metadata or {})),
         "log_to_driver": False,  # workers' output stays in Ray's session logs, not the user's terminal
     })
+
+
+def check_executor(settings: Settings | None = None) -> None:
+    """With ``executor=ray``: the address is set, ray is installed and the cluster answers, else the
+    pre-flight's one-line ``UserError``. Cheap (one TCP connect); connects no Ray driver."""
+    from components.preflight import check_executor as check
+
+    check(settings or get_settings())
+
+
+def _run_metadata() -> dict[str, str]:
+    """The flow run (and its root run) submitting work now, for the Ray job's metadata."""
+    from prefect.runtime import flow_run
+
+    out: dict[str, str] = {}
+    try:
+        if flow_run.get_id():
+            out[FLOW_RUN_KEY] = str(flow_run.get_id())
+            out[ROOT_FLOW_RUN_KEY] = str(flow_run.get_root_flow_run_id())
+    except Exception:  # noqa: BLE001 - a label for Ray's job list; the API may be away
+        pass
+    return out
+
+
+class ExecutorTaskRunner(TaskRunner):
+    """The flow's task runner: ``task_runner(settings)`` of the process running the flow run,
+    started at the run's first ``.submit()`` (inside the flow, so a Ray error fails the run
+    with its message) and stopped with the run. Until then nothing is imported or connected."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._inner: TaskRunner | None = None
+
+    @property
+    def name(self) -> str:
+        return "executor"
+
+    def duplicate(self) -> "ExecutorTaskRunner":
+        return type(self)()
+
+    def _runner(self) -> TaskRunner:
+        if not self._started:
+            raise RuntimeError("The task runner must be started before submitting work.")
+        if self._inner is None:
+            s = get_settings()
+            inner = task_runner(s, _run_metadata() if s.executor == "ray" else None)
+            inner.__enter__()
+            self._inner = inner
+        return self._inner
+
+    def submit(self, task: Any, parameters: dict[str, Any], wait_for: Any = None,
+               dependencies: Any = None) -> Any:
+        return self._runner().submit(task, parameters, wait_for=wait_for, dependencies=dependencies)
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        inner, self._inner = self._inner, None
+        try:
+            if inner is not None:
+                inner.__exit__(exc_type, exc_value, traceback)
+        finally:
+            super().__exit__(exc_type, exc_value, traceback)
 
 
 def ray_remote_options(settings: Settings | None = None) -> dict:

@@ -27,7 +27,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 # (`--dist loadgroup` cannot group here: xdist 3.8 marks groups in `item._nodeid`, which pytest 9
 # no longer reads.) Seconds measured on 2 cores, 2026-12-01; a file missing here only runs later.
 LONGEST_FIRST = [
-    "tests/flows/test_ray_executor.py",  # 691 at load 6-11 (2026-12-02, not measured on a quiet machine)
+    # 213 at load 3.0-4.4, 269 at load 4.6-7.7 alone (2026-12-02, with the serve-flows deployment run,
+    # ~90-105 of it; 180-278 before it was added); 691 once at load 6-11 inside `make test`
+    "tests/flows/test_ray_executor.py",
     "tests/components/test_rl_distributed.py",  # 240 (measured alone beside other helpers, with fsdp2)
     "tests/flows/test_kill_resume.py",  # 182
     # The browser form timed out after Submit when it ran beside the two-node Ray test (fresh clone,
