@@ -432,7 +432,7 @@ def _finish(trk, run_id: str, rep, result: StageResult, cached: bool) -> None:
 def _submit(task_fn: Task, label: str, run_id: str, refresh: bool, kwargs: dict):
     """Submit one fan-out task to the flow's task runner, with retries after infrastructure errors
     (Prefect's, in the task's process) and Ray's resubmission when that process dies."""
-    from tasks.executor import ray_remote_options, retry_infrastructure
+    from tasks.executor import ray_remote_options, ray_tags, retry_infrastructure
 
     s = get_settings()
     fn = task_fn.with_options(task_run_name=task_run_name(label), retries=s.task_retries,
@@ -441,8 +441,11 @@ def _submit(task_fn: Task, label: str, run_id: str, refresh: bool, kwargs: dict)
         return fn.submit(run_id=run_id, **kwargs)
     from prefect_ray.context import remote_options
 
-    with remote_options(**ray_remote_options(s)):
-        return fn.submit(run_id=run_id, **kwargs)
+    gpu_bound = bool(set(GPU) & set(fn.tags or ()))
+    with remote_options(**ray_remote_options(s, gpu_bound)):
+        on_ray = fn.with_options()
+        on_ray.tags = ray_tags(fn.tags)  # set directly: with_options(tags=...) cannot drop a tag
+        return on_ray.submit(run_id=run_id, **kwargs)
 
 
 def run_stages(task_fn: Task, jobs: list[tuple[str, dict]], *, parent_run_id: str, refresh: bool = False,

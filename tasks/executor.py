@@ -29,6 +29,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from components.settings import Settings, get_settings
 
 RAY_NAMESPACE = "posttrain"
+GPU_TAG = "gpu"  # tasks.common.GPU: the tag of GPU-bound stage tasks
 # Ray job metadata naming the Prefect flow run whose fan-out tasks a Ray job (one driver) runs, and
 # the run it belongs to (a deployment run of recurring-retrain for its post-training subflow):
 # `ray list jobs --detail` or Ray's state API find a run's tasks through them.
@@ -113,11 +114,30 @@ class ExecutorTaskRunner(TaskRunner):
             super().__exit__(exc_type, exc_value, traceback)
 
 
-def ray_remote_options(settings: Settings | None = None) -> dict:
-    """Ray options of one fan-out task: one CPU, and Ray's own resubmission when the worker or its
-    node dies (a Prefect retry cannot run in a process that is gone)."""
+def ray_remote_options(settings: Settings | None = None, gpu_bound: bool = False,
+                       cluster_gpus: float | None = None) -> dict:
+    """Ray options of one fan-out task: one CPU, one GPU for a GPU-bound stage when the run uses
+    CUDA (``device: cuda``, or ``auto`` on a cluster with GPUs: ``cluster_gpus``, read from Ray when
+    None), and Ray's own resubmission when the worker or its node dies (a Prefect retry cannot run
+    in a process that is gone). The GPU claim is not optional: Ray sets CUDA_VISIBLE_DEVICES=""
+    in a task that asks for no GPU, so without it a GPU stage would run on the CPU."""
     s = settings or get_settings()
-    return {"num_cpus": 1, "max_retries": s.task_retries, "retry_exceptions": False}
+    opts: dict[str, Any] = {"num_cpus": 1, "max_retries": s.task_retries, "retry_exceptions": False}
+    if gpu_bound and s.device != "cpu":
+        if s.device == "auto" and cluster_gpus is None:
+            import ray
+
+            cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0)) if ray.is_initialized() else 0.0
+        if s.device == "cuda" or (cluster_gpus or 0.0) > 0:
+            opts["num_gpus"] = 1
+    return opts
+
+
+def ray_tags(tags: set[str] | None) -> set[str]:
+    """A fan-out task's Prefect tags on Ray: without ``gpu``. Ray's ``num_gpus`` already keeps two
+    tasks off one GPU, across the whole cluster; the ``gpu`` tag's Prefect limit (one slot, meant
+    for one machine) would hold the cluster's tasks to one at a time."""
+    return set(tags or ()) - {GPU_TAG}
 
 
 # Errors that say nothing about the inputs: the same task may well succeed elsewhere or later.

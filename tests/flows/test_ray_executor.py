@@ -277,6 +277,12 @@ def test_a_deployment_run_of_serve_flows_runs_its_fan_out_tasks_on_the_cluster(c
     assert {t.name for t in mine} == {"estimate_difficulty_shard"}, [(t.name, t.state) for t in mine]
     assert len({t.task_id for t in mine if t.state == "FINISHED"}) == 2, [(t.name, t.state, t.node_id) for t in mine]
     assert {t.node_id for t in mine} == {runs["head"]}
+    # On Ray the shards claim Ray's resources, not the one-slot Prefect `gpu` tag limit that
+    # serve-flows sets (which would hold a cluster's fan-out tasks to one at a time).
+    subs = api(base, "POST", "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run["id"]]}}}).json()
+    trs = api(base, "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [s["id"] for s in subs]}}}).json()
+    shards = [r for r in trs if r["name"].startswith("estimate_difficulty[")]
+    assert len(shards) == 2 and all("gpu" not in r["tags"] for r in shards), [(r["name"], r["tags"]) for r in trs]
     assert code == 0 and tracebacks(log) == [], text[-3000:]
 
 

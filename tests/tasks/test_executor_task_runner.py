@@ -41,3 +41,22 @@ def test_the_runner_picks_the_settings_executor_when_started():
                              {"prefect_flow_run_id": "r1"})
     assert type(ray_runner).__name__ == "RayTaskRunner"
     assert ray_runner.init_kwargs["job_config"].metadata == {"prefect_flow_run_id": "r1"}
+
+
+def test_on_ray_a_gpu_stage_claims_a_ray_gpu_instead_of_the_gpu_tag():
+    """Ray hides GPUs from a task that asks for none (CUDA_VISIBLE_DEVICES=""), and its num_gpus
+    keeps tasks off each other's GPU across the cluster, where the Prefect `gpu` tag limit (one
+    slot) would run the cluster's fan-out tasks one at a time."""
+    from components.settings import Settings
+    from tasks.common import GPU
+    from tasks.difficulty import difficulty_shard_task as shard
+    from tasks.executor import ray_remote_options, ray_tags
+
+    def opts(device: str, gpu_bound: bool, cluster_gpus: float) -> dict:
+        return ray_remote_options(Settings(_env_file=None, device=device, task_retries=3), gpu_bound, cluster_gpus)
+
+    assert opts("cuda", True, 0.0) == {"num_cpus": 1, "num_gpus": 1, "max_retries": 3, "retry_exceptions": False}
+    assert opts("auto", True, 8.0)["num_gpus"] == 1  # auto: the cluster has GPUs
+    assert "num_gpus" not in opts("auto", True, 0.0) and "num_gpus" not in opts("cpu", True, 8.0)
+    assert "num_gpus" not in opts("cuda", False, 8.0)  # a CPU-only task
+    assert set(GPU) <= shard.tags and ray_tags(shard.tags) == shard.tags - set(GPU)
