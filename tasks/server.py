@@ -42,6 +42,17 @@ def _reserve_port() -> socket.socket:
     return sock
 
 
+def _die_with_parent() -> None:
+    """In the server's child process, before exec: Linux sends it SIGTERM when the process that
+    started it dies, however it dies (``kill -9`` of ``posttrain run`` skips every atexit handler,
+    and a plain ``kill`` too: Python's default SIGTERM action runs none)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -75,6 +86,7 @@ class PrefectAPI:
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
              "--log-level", "error", "--lifespan", "on"],
             env=env,
+            preexec_fn=_die_with_parent,  # started from the main thread, which lives as long as the CLI
         )
         atexit.register(_stop, self.proc)
         # Set before this process imports prefect (its settings are read then); children inherit it.

@@ -71,3 +71,43 @@ def test_killed_runs_are_marked_crashed_and_live_runs_are_not_touched(tmp_path):
     for run_id, st in dead_mlflow.items():
         assert now_mlflow[run_id] == ("FAILED" if st == "RUNNING" else st)
     assert not list((state / "locks").glob("*.lock")) or "stale lock" in repaired.stdout
+
+
+def _children(pid: int, word: str) -> list[int]:
+    """Processes whose parent is ``pid`` and whose command line holds ``word``."""
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid and word in (stat.parent / "cmdline").read_bytes().decode(errors="replace"):
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def test_a_run_killed_alone_takes_its_ephemeral_prefect_server_with_it(tmp_path):
+    """``kill -9`` of the ``posttrain run`` process alone (not its group): the Prefect server it
+    started for the run stops too, instead of serving its state folder's database for ever."""
+    import os
+    import signal
+    from pathlib import Path
+
+    run = start(LIVE, tmp_path / "state")
+    try:
+        assert wait_until(lambda: bool(_children(run.pid, "prefect.server.api.server")), run, timeout=300)
+        (server,) = _children(run.pid, "prefect.server.api.server")
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+        assert wait_until(lambda: not Path(f"/proc/{server}").exists() or
+                          Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", timeout=30)
+    finally:
+        if run.poll() is None:
+            kill_group(run)
+        else:
+            try:
+                os.killpg(run.pid, signal.SIGKILL)  # whatever the run left in its group
+            except ProcessLookupError:
+                pass
