@@ -104,9 +104,17 @@ def prefect_servers(prefect_home: Path) -> list[int]:
 
 def api(base: str, method: str, path: str, body: dict | None = None) -> httpx.Response:
     """One REST call; a 503 (the server's answer to sqlite write contention on a loaded machine)
-    is retried as Prefect's own client does."""
-    for _ in range(5):
-        r = httpx.request(method, f"{base}{path}", json=body, timeout=30)
+    is retried as Prefect's own client does, and so is a read (GET, ``/filter``) that timed out
+    (seen on CI: a filter waited over 30 s while serve-flows registered its deployments beside a
+    run). A write that timed out is not retried: it may have happened."""
+    read_only = method == "GET" or path.endswith("/filter")
+    for attempt in range(5):
+        try:
+            r = httpx.request(method, f"{base}{path}", json=body, timeout=30)
+        except httpx.TimeoutException:
+            if not read_only or attempt == 4:
+                raise
+            continue
         if r.status_code != 503:
             return r
         time.sleep(2.0)
