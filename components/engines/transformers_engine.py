@@ -7,7 +7,8 @@ reproducible sampling. The loop is also faster than ``generate`` on the RL workl
 
 * shared-prefix prefill: each distinct sequence (a prompt shared by its n samples) is
   forwarded once, with the LM head only at its last position, and its KV rows are copied
-  to the rows that continue it;
+  to the rows that continue it; a prefix common to all distinct sequences (an environment's
+  system prompt and worked turns, a tool round's shared history) is forwarded once for all;
 * finished rows leave the batch (their KV rows are dropped), so late steps decode only
   the rows still running;
 * one uniform per row and step, inverse CDF over the filtered probabilities: an exact
@@ -19,6 +20,7 @@ RL, difficulty estimation and evaluation all sample through ``sample_continuatio
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -138,16 +140,47 @@ def _left_pad(seqs: list[list[int]], pad: int, dev: torch.device) -> tuple[torch
     return ids.to(dev), mask.to(dev)
 
 
+# A prefix every distinct sequence starts with (an environment's system prompt and worked turns,
+# a few-shot header) is forwarded once, at batch 1, when it is at least this long; shorter ones are
+# not worth the extra forward call.
+MIN_COMMON_PREFIX = 8
+
+
+def common_prefix_len(seqs: list[list[int]]) -> int:
+    """Tokens all ``seqs`` start with, leaving every sequence at least one token of its own."""
+    if len(seqs) < 2:
+        return 0
+    return min(len(os.path.commonprefix(seqs)), min(len(s) for s in seqs) - 1)
+
+
+def _forward_prefix(model: Any, prefix: list[int], rows: int, dev: torch.device) -> Any:
+    """The KV cache of ``prefix`` forwarded once, repeated for ``rows`` rows."""
+    ids = torch.tensor([prefix], dtype=torch.long, device=dev)
+    pos = torch.arange(len(prefix), device=dev)[None]
+    past = model(input_ids=ids, position_ids=pos, use_cache=True, logits_to_keep=1).past_key_values
+    past.batch_repeat_interleave(rows)
+    return past
+
+
 def prefill_shared(model: Any, seqs: list[list[int]], pad: int) -> _Batch:
     """Forward each distinct sequence once (LM head at its last position only) and copy its KV
-    rows, mask and logits to every row of ``seqs`` that holds it."""
+    rows, mask and logits to every row of ``seqs`` that holds it. A prefix common to all distinct
+    sequences is forwarded once for all of them; each then forwards only its own suffix
+    (left-padded after the prefix), so prefix, padding and suffix sit in one row of the cache."""
     dev = next(model.parameters()).device
     first: dict[tuple[int, ...], int] = {}
     owner = [first.setdefault(tuple(s), len(first)) for s in seqs]
     distinct = [list(t) for t in first]
-    ids, mask = _left_pad(distinct, pad, dev)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    p = common_prefix_len(distinct)
+    if p < MIN_COMMON_PREFIX:
+        p = 0
+    ids, mask = _left_pad([s[p:] for s in distinct], pad, dev)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0) + p
+    past = _forward_prefix(model, distinct[0][:p], len(distinct), dev) if p else None
+    if p:
+        mask = torch.cat([torch.ones((len(distinct), p), dtype=mask.dtype, device=dev), mask], 1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past,
+                use_cache=True, logits_to_keep=1)
     expand = torch.tensor(owner, dtype=torch.long, device=dev)
     past = out.past_key_values
     if len(distinct) != len(seqs) or owner != list(range(len(seqs))):

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from components.engines.transformers_engine import MIN_COMMON_PREFIX, common_prefix_len
 from kernels.logprobs import token_logprobs
 
 
@@ -122,70 +123,111 @@ def _plain_hidden(model: Any, batch: TrainBatch) -> torch.Tensor:
 
 
 # --- Prefix-shared forward -------------------------------------------------------------------
-# A group's rollouts share their prompt. Instead of forwarding [prompt + response] once per
-# rollout, each distinct prompt of a micro-batch is laid out once in a packed row followed by all
-# of its responses: ``[prompt | r_1 | r_2 | ...]``, positions restarting after the prompt for each
-# response, and a 4-D mask that lets a response token see the prompt and the earlier tokens of its
-# own response only. The prompt's keys and values are computed once and read by every response
-# (in value and gradient), which is the prompt-KV reuse of a cache without a cache object, so it
-# also runs under gradient checkpointing.
+# A group's rollouts share their prompt, and a micro-batch's prompts often share a long header (an
+# environment's system prompt and worked turns). Instead of forwarding [prompt + response] once per
+# rollout, the packed layout is a tree: a header common to the micro-batch's distinct prompts is
+# laid out once, then each prompt's own suffix, each followed by its responses:
+# ``[header | suffix_1 | r_11 | r_12 | ... | suffix_2 | r_21 | ...]`` (one row; without a common
+# header, one row per distinct prompt, ``[prompt | r_1 | r_2 | ...]``). Positions are those of the
+# unpacked sequence, and a 4-D mask lets a token see, causally, its own segment and its ancestors'
+# (a response: its prompt's suffix and the header). Shared keys and values are computed once and
+# read by every descendant (in value and gradient), which is the prompt-KV reuse of a cache
+# without a cache object, so it also runs under gradient checkpointing.
 
 SHARED_ATTENTION = ("sdpa", "eager")
 
 
 @dataclass
 class PackedGroups:
-    ids: torch.Tensor  # [U, L] packed prompt + responses, one row per distinct prompt
+    ids: torch.Tensor  # [U, L] packed tokens
     pos: torch.Tensor  # [U, L] position ids
-    seg: torch.Tensor  # [U, L] 0 = prompt, k + 1 = k-th response of the row, -1 = padding
-    rows: torch.Tensor  # [N] packed row of each response token (in ``resp_mask`` order)
+    seg: torch.Tensor  # [U, L] segment of each token, -1 = padding
+    parent: torch.Tensor  # [S] parent segment of each segment, -1 = a root
+    rows: torch.Tensor  # [N] packed row of each response token (in ``token_mask`` order)
     cols: torch.Tensor  # [N] packed column whose hidden state predicts it
 
 
+class _Packer:
+    """Rows of tokens with their segments and positions; segments form a forest."""
+
+    def __init__(self) -> None:
+        self.ids: list[list[int]] = []
+        self.seg: list[list[int]] = []
+        self.pos: list[list[int]] = []
+        self.parent: list[int] = []
+
+    def new_row(self) -> int:
+        for xs in (self.ids, self.seg, self.pos):
+            xs.append([])
+        return len(self.ids) - 1
+
+    def put(self, row: int, tokens: list[int], first_pos: int, parent: int) -> tuple[int, int]:
+        """Append ``tokens`` to ``row`` as a new segment under ``parent``; (its segment, first column)."""
+        self.parent.append(parent)
+        seg, start = len(self.parent) - 1, len(self.ids[row])
+        self.ids[row] += tokens
+        self.seg[row] += [seg] * len(tokens)
+        self.pos[row] += list(range(first_pos, first_pos + len(tokens)))
+        return seg, start
+
+
 def pack_shared_prompts(batch: TrainBatch) -> PackedGroups:
-    """Lay out the batch's distinct prompts once each, followed by their responses."""
-    owner: dict[tuple[int, ...], int] = {}
-    layout: list[list[int]] = []  # tokens of each packed row
-    segs: list[list[int]] = []
-    poss: list[list[int]] = []
-    responses: list[int] = []  # responses already placed in each packed row
+    """Lay out the batch's common header once, each distinct prompt's suffix once, then its responses."""
+    prompts = [tuple(batch.input_ids[r, : int(batch.prompt_lens[r])].tolist()) for r in range(len(batch))]
+    distinct = [list(p) for p in dict.fromkeys(prompts)]
+    head = common_prefix_len(distinct)
+    head = head if head >= MIN_COMMON_PREFIX else 0
+    pk = _Packer()
+    where: dict[tuple[int, ...], tuple[int, int, int]] = {}  # prompt -> (row, segment, last column)
+    if head:
+        row = pk.new_row()
+        root, _ = pk.put(row, distinct[0][:head], 0, -1)
+    for d in distinct:
+        if not head:
+            row, root = pk.new_row(), -1
+        seg, start = pk.put(row, d[head:], head, root)
+        where[tuple(d)] = (row, seg, start + len(d) - head - 1)
     rows: list[int] = []
     cols: list[int] = []
     lens = batch.token_mask.sum(-1).long().tolist()
-    for r in range(len(batch)):
-        p = int(batch.prompt_lens[r])
-        prompt = tuple(batch.input_ids[r, :p].tolist())
-        if prompt not in owner:
-            owner[prompt] = len(layout)
-            layout.append(list(prompt))
-            segs.append([0] * p)
-            poss.append(list(range(p)))
-            responses.append(0)
-        u, t = owner[prompt], lens[r]
-        if t == 0:
+    for r, prompt in enumerate(prompts):
+        row, seg, last = where[prompt]
+        if lens[r] == 0:
             continue
-        start = len(layout[u])
-        responses[u] += 1
-        layout[u] += batch.resp_ids[r, :t].tolist()
-        segs[u] += [responses[u]] * t
-        poss[u] += list(range(p, p + t))
-        rows += [u] * t
+        _, start = pk.put(row, batch.resp_ids[r, : lens[r]].tolist(), len(prompt), seg)
+        rows += [row] * lens[r]
         # Response token 0 is predicted by the prompt's last position, token j by the response's j-1.
-        cols += [p - 1] + [start + j for j in range(t - 1)]
-    width = max(len(x) for x in layout)
+        cols += [last] + [start + j for j in range(lens[r] - 1)]
+    width = max(len(x) for x in pk.ids)
 
     def padded(xs: list[list[int]], fill: int) -> torch.Tensor:
         return torch.tensor([x + [fill] * (width - len(x)) for x in xs], dtype=torch.long)
-    return PackedGroups(padded(layout, 0), padded(poss, 0), padded(segs, -1),
-                        torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long))
+    return PackedGroups(padded(pk.ids, 0), padded(pk.pos, 0), padded(pk.seg, -1),
+                        torch.tensor(pk.parent, dtype=torch.long), torch.tensor(rows, dtype=torch.long),
+                        torch.tensor(cols, dtype=torch.long))
 
 
-def shared_attention_mask(seg: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
-    """[U, 1, L, L] mask: causal, and a key is visible when it is a prompt token or in the query's segment."""
+def visible_segments(parent: torch.Tensor) -> torch.Tensor:
+    """[S + 1, S + 1] bool, index 0 = padding: entry [q, k] is True when segment k is q or an
+    ancestor of q (padding sees padding only, so no query row is empty)."""
+    n = parent.shape[0]
+    vis = torch.zeros((n + 1, n + 1), dtype=torch.bool)
+    vis[0, 0] = True
+    for s in range(n):
+        a = s
+        while a >= 0:
+            vis[s + 1, a + 1] = True
+            a = int(parent[a])
+    return vis
+
+
+def shared_attention_mask(seg: torch.Tensor, parent: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
+    """[U, 1, L, L] mask: causal, and a key is visible when its segment is the query's or an ancestor."""
     n = seg.shape[1]
     causal = torch.ones((n, n), dtype=torch.bool, device=seg.device).tril()
-    q, k = seg[:, :, None], seg[:, None, :]
-    allowed = (causal[None] & ((k == 0) | (k == q)))[:, None]
+    vis = visible_segments(parent).to(seg.device)
+    s = seg + 1
+    allowed = (causal[None] & vis[s[:, :, None], s[:, None, :]])[:, None]
     if kind == "sdpa":
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)
@@ -200,7 +242,7 @@ def _shared_hidden(model: Any, batch: TrainBatch) -> torch.Tensor:
     dev = next(model.parameters()).device
     pk = pack_shared_prompts(batch)
     dtype = next(model.parameters()).dtype
-    mask = shared_attention_mask(pk.seg.to(dev), model.config._attn_implementation, dtype)
+    mask = shared_attention_mask(pk.seg.to(dev), pk.parent, model.config._attn_implementation, dtype)
     hidden = backbone_hidden(model, input_ids=pk.ids.to(dev), attention_mask=mask, position_ids=pk.pos.to(dev))
     return hidden[pk.rows.to(dev), pk.cols.to(dev)]
 

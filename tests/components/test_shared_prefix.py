@@ -11,9 +11,16 @@ PROMPTS = [[5, 9, 14, 3], [7, 2, 11, 4, 8, 6, 1]]
 RESPONSES = [[[10, 12, 4], [10, 3], [], [6, 6, 6, 6, 9]], [[13], [13, 2, 5], [8, 8, 7, 1]]]
 
 
-def _batch():
+# A header (as an environment's system prompt and worked turns) that every prompt starts with; the
+# third prompt is the second one cut short, so it shares more than the header with it.
+HEADER = [21, 4, 17, 9, 30, 2, 2, 8, 15, 11, 26, 3]
+HEADED = [HEADER + [5, 9], HEADER + [7, 2, 11, 4], HEADER + [7, 2]]
+HEADED_RESPONSES = [[[10, 12, 4], [10, 3]], [[13], [], [8, 8, 7, 1]], [[6, 6, 9], [1]]]
+
+
+def _batch(prompt_set=PROMPTS, response_set=RESPONSES):
     prompts, responses, lps, vers, advs = [], [], [], [], []
-    for p, group in zip(PROMPTS, RESPONSES):
+    for p, group in zip(prompt_set, response_set):
         for k, r in enumerate(group):
             prompts.append(p)
             responses.append(r)
@@ -21,7 +28,7 @@ def _batch():
             vers.append([0] * len(r))
             advs.append(0.5 - 0.3 * k)
     # Interleave the groups: sharing must not depend on rollouts of one prompt being adjacent.
-    order = [0, 4, 1, 5, 2, 6, 3]
+    order = [0, 4, 1, 5, 2, 6, 3] if prompt_set is PROMPTS else [0, 2, 5, 1, 3, 6, 4]
     pick = lambda xs: [xs[i] for i in order]  # noqa: E731
     return build_batch(pick(prompts), pick(responses), pick(lps), pick(vers), pick(advs), pad_id=0)
 
@@ -35,15 +42,22 @@ def _value_and_grads(model, batch, share):
     return logp.detach(), ent.detach(), grads
 
 
+@pytest.mark.parametrize("headed", [False, True], ids=["distinct-prompts", "common-header"])
 @pytest.mark.parametrize("attn,checkpointing", [("sdpa", False), ("sdpa", True), ("eager", False)])
-def test_shared_forward_backward_equals_plain(tiny_model_dir, attn, checkpointing):
+def test_shared_forward_backward_equals_plain(tiny_model_dir, attn, checkpointing, headed):
     model = load_model(tiny_model_dir)
     model.set_attn_implementation(attn)
     if checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    batch = _batch()
-    assert pack_shared_prompts(batch).ids.shape[0] == 2  # each prompt laid out once
+    batch = _batch(HEADED, HEADED_RESPONSES) if headed else _batch()
+    packed = pack_shared_prompts(batch)
+    if headed:  # one row: the header once, each prompt's suffix once, then its responses
+        assert packed.ids.shape[0] == 1
+        tokens = len(HEADER) + sum(len(p) - len(HEADER) for p in HEADED) + sum(map(len, sum(HEADED_RESPONSES, [])))
+        assert int((packed.seg >= 0).sum()) == tokens
+    else:
+        assert packed.ids.shape[0] == 2  # each prompt laid out once
     lp_s, ent_s, g_s = _value_and_grads(model, batch, True)
     lp_p, ent_p, g_p = _value_and_grads(model, batch, False)
     mask = batch.resp_mask.bool()

@@ -139,3 +139,41 @@ def test_two_level_sampler_matches_the_flat_inverse_cdf():
     flat = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
     assert torch.equal(got, flat)
     assert bool((w.gather(1, got[:, None]) > 0).all())
+
+
+SHOTS = [{"role": "system", "content": "You answer arithmetic questions with one number."},
+         {"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "content": "2"},
+         {"role": "user", "content": "What is 3 * 4?"}, {"role": "assistant", "content": "12"}]
+FEW_SHOT = [SHOTS + [{"role": "user", "content": q}] for q in ("What is 7 + 8?", "Hi", "What is 19 - 4 - 2 - 1?")]
+
+
+def test_common_prefix_is_forwarded_once_and_changes_nothing(tiny_model_dir, monkeypatch):
+    """Few-shot prompts that share a long header: greedy equals ``model.generate``, sampled
+    log-probs equal a separate forward, and both equal the engine without the shared prefix."""
+    from components.engines import transformers_engine as te
+
+    eng = _engine(tiny_model_dir)
+    ids = eng.encode_prompts(FEW_SHOT)
+    assert te.common_prefix_len(ids) >= te.MIN_COMMON_PREFIX + 20  # the header is shared
+    greedy = eng.generate(FEW_SHOT, 2, SamplingParams(max_new_tokens=10, temperature=0))
+    assert [[s.token_ids for s in g] for g in greedy.groups] == [[r, r] for r in _hf_greedy(eng, ids, 10)]
+    p = SamplingParams(max_new_tokens=8, temperature=0.9, seed=5)
+    shared = eng.generate(FEW_SHOT, 2, p)
+    for i, g in enumerate(shared.groups):
+        for s in g:
+            with torch.no_grad():
+                logits = eng.model(input_ids=torch.tensor([ids[i] + s.token_ids])).logits[0].float() / 0.9
+            lp = torch.log_softmax(logits, -1)
+            ref = [float(lp[len(ids[i]) - 1 + j, t]) for j, t in enumerate(s.token_ids)]
+            assert torch.allclose(torch.tensor(s.logprobs), torch.tensor(ref), atol=1e-4)
+    monkeypatch.setattr(te, "MIN_COMMON_PREFIX", 10**6)
+    plain = eng.generate(FEW_SHOT, 2, p)
+    assert [s.token_ids for g in plain.groups for s in g] == [s.token_ids for g in shared.groups for s in g]
+
+
+def test_common_prefix_len_leaves_each_sequence_a_token():
+    from components.engines.transformers_engine import common_prefix_len
+
+    assert common_prefix_len([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert common_prefix_len([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter one keeps its last token
+    assert common_prefix_len([[1, 2], [3, 4]]) == 0 and common_prefix_len([[1, 2, 3]]) == 0
