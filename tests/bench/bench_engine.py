@@ -43,6 +43,15 @@ def prompts_for(k: int, offset: int = 0) -> list[list[dict[str, str]]]:
             for i in range(k)]
 
 
+def bench_model_dir(model: Path | None) -> Path:
+    """``--model``, or a tiny random model built once in $TMPDIR."""
+    if model is not None:
+        return model
+    model_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "posttrain-bench-tiny"
+    build_tiny_model(model_dir, hidden_size=64, num_layers=2, seed=0)
+    return model_dir
+
+
 def useful_tokens(rows: list[list[int]], eos: set[int]) -> int:
     return sum(next((k + 1 for k, t in enumerate(r) if t in eos), len(r)) for r in rows)
 
@@ -118,10 +127,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_dir = args.model
-    if model_dir is None:
-        model_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "posttrain-bench-tiny"
-        build_tiny_model(model_dir, hidden_size=64, num_layers=2, seed=0)
+    model_dir = bench_model_dir(args.model)
     engine = TransformersEngine(load_model(model_dir).eval(), load_tokenizer(model_dir),
                                 max_batch_sequences=args.prompts * args.samples)
     load_before = os.getloadavg()

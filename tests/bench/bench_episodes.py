@@ -40,11 +40,12 @@ from components.engines import transformers_engine as te  # noqa: E402
 from components.engines.base import SamplingParams  # noqa: E402
 from components.environments.base import EnvironmentConfig, make_environment  # noqa: E402
 from components.environments.episodes import run_episodes  # noqa: E402
-from components.models import build_tiny_model, load_model, load_tokenizer  # noqa: E402
+from components.models import load_model, load_tokenizer  # noqa: E402
 from components.recipe import load_recipe  # noqa: E402
 from components.rl import batch as rl_batch  # noqa: E402
 from components.rl.config import RLConfig  # noqa: E402
-from components.rl.learner import Learner  # noqa: E402
+from tests.bench.bench_engine import bench_model_dir  # noqa: E402
+from tests.bench.bench_train_step import one_update  # noqa: E402
 
 
 def tool_rows(k: int) -> list[dict]:
@@ -78,13 +79,6 @@ def train_batch(eps, pad: int) -> rl_batch.TrainBatch:
     adv = torch.randn(len(eps), generator=torch.Generator().manual_seed(1)).tolist()
     return rl_batch.build_batch([e.prompt_ids for e in eps], [e.token_ids for e in eps], [e.logprobs for e in eps],
                                 [[0] * len(e.token_ids) for e in eps], adv, pad, [e.loss_mask for e in eps])
-
-
-def one_update(model_dir: Path, tb: rl_batch.TrainBatch, cfg: RLConfig, sizes: list[int]) -> float:
-    learner = Learner(cfg, load_model(model_dir))
-    t0 = time.perf_counter()
-    learner.update(tb, sizes, None, step=0)
-    return time.perf_counter() - t0
 
 
 def timed(fn):
@@ -139,10 +133,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_dir = args.model
-    if model_dir is None:
-        model_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "posttrain-bench-tiny"
-        build_tiny_model(model_dir, hidden_size=64, num_layers=2, seed=0)
+    model_dir = bench_model_dir(args.model)
     load_before = os.getloadavg()
     tok = load_tokenizer(model_dir)
     rows = tool_rows(args.prompts)

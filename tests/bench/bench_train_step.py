@@ -29,11 +29,11 @@ import torch  # noqa: E402
 
 from components.engines.base import SamplingParams  # noqa: E402
 from components.engines.transformers_engine import engine_for  # noqa: E402
-from components.models import build_tiny_model, load_model, load_tokenizer  # noqa: E402
+from components.models import load_model, load_tokenizer  # noqa: E402
 from components.rl.batch import TrainBatch, build_batch, response_logprobs  # noqa: E402
 from components.rl.config import RLConfig  # noqa: E402
 from components.rl.learner import Learner  # noqa: E402
-from tests.bench.bench_engine import prompts_for  # noqa: E402
+from tests.bench.bench_engine import bench_model_dir, prompts_for  # noqa: E402
 
 
 def rollouts(model, tok, args) -> TrainBatch:
@@ -77,10 +77,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_dir = args.model
-    if model_dir is None:
-        model_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "posttrain-bench-tiny"
-        build_tiny_model(model_dir, hidden_size=64, num_layers=2, seed=0)
+    model_dir = bench_model_dir(args.model)
     load_before = os.getloadavg()
     tok = load_tokenizer(model_dir)
     tb = rollouts(load_model(model_dir).eval(), tok, args)
