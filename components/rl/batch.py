@@ -135,6 +135,11 @@ def _plain_hidden(model: Any, batch: TrainBatch) -> torch.Tensor:
 # without a cache object, so it also runs under gradient checkpointing.
 
 SHARED_ATTENTION = ("sdpa", "eager")
+# The header is shared across prompts only while the one packed row stays this short: attention
+# and its dense mask grow with the square of a row's length, so long responses keep one row per
+# prompt. 2,560 holds the tools recipe's largest micro-batch (a 250-token header, 4 prompt suffixes
+# and 16 episodes of at most 128 tokens), whose attention then keeps about 7 GB for the backward.
+MAX_TREE_ROW = 2560
 
 
 @dataclass
@@ -176,7 +181,8 @@ def pack_shared_prompts(batch: TrainBatch) -> PackedGroups:
     prompts = [tuple(batch.input_ids[r, : int(batch.prompt_lens[r])].tolist()) for r in range(len(batch))]
     distinct = [list(p) for p in dict.fromkeys(prompts)]
     head = common_prefix_len(distinct)
-    head = head if head >= MIN_COMMON_PREFIX else 0
+    tree_row = head + sum(len(d) - head for d in distinct) + int(batch.token_mask.sum())
+    head = head if head >= MIN_COMMON_PREFIX and tree_row <= MAX_TREE_ROW else 0
     pk = _Packer()
     where: dict[tuple[int, ...], tuple[int, int, int]] = {}  # prompt -> (row, segment, last column)
     if head:

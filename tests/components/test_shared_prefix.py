@@ -110,3 +110,14 @@ def test_old_logprobs_come_from_the_engine_only_for_the_same_policy(tiny_model_d
     assert not engine_logps_are_old(engine, model, tb)
     tb.versions[0, 0] = 3
     assert not engine_logps_are_old(engine, load_model(tiny_model_dir), tb)  # another model object
+
+
+def test_a_long_tree_row_falls_back_to_one_row_per_prompt(monkeypatch):
+    from components.rl import batch as rl_batch
+
+    batch = _batch(HEADED, HEADED_RESPONSES)
+    tokens = int((pack_shared_prompts(batch).seg >= 0).sum())
+    monkeypatch.setattr(rl_batch, "MAX_TREE_ROW", tokens - 1)
+    packed = pack_shared_prompts(batch)
+    assert packed.ids.shape[0] == len(HEADED)  # the header repeated in each prompt's row
+    assert int((packed.seg >= 0).sum()) == tokens + (len(HEADED) - 1) * len(HEADER)
