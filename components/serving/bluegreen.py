@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from components.serving.vllm_server import (
     SERVER_MODULE,
     ServerError,
+    StartupStalled,
     VLLMServer,
     VLLMServerConfig,
     find_free_port,
@@ -192,13 +193,9 @@ class BlueGreenDeployer:
                     "log_dir": self.server_cfg.log_dir or self.state_file.parent / "logs",
                 }
             )
-            server = VLLMServer(model_dir, cfg)
             try:
-                server.start()
-                startup_s = server.wait_healthy()
-                latency, tokens = self._smoke(server)
+                server, startup_s, latency, tokens = self._start_verified(model_dir, cfg)
             except Exception as exc:
-                server.stop()
                 serving = f"{old.model_version} still serving on {old.endpoint}" if old else "nothing serving"
                 raise DeployError(f"deploy of {name}:{model_version} failed ({serving}): {exc}") from exc
             self._servers[server.proc.pid] = server  # type: ignore[union-attr]
@@ -226,6 +223,27 @@ class BlueGreenDeployer:
                 time.sleep(self.drain_s)
                 self._stop_pid(old.pid)
             return dep
+
+    def _start_verified(self, model_dir: str | Path, cfg: VLLMServerConfig,
+                        attempts: int = 2) -> tuple[VLLMServer, float, float, int]:
+        """Start a server, wait for health and smoke-test it; a stalled start (``StartupStalled``)
+        is tried once more. Returns the server, its startup seconds and the smoke's latency and
+        tokens; on failure the server is stopped and the error raised."""
+        for attempt in range(1, attempts + 1):
+            server = VLLMServer(model_dir, cfg)
+            try:
+                server.start()
+                startup_s = server.wait_healthy()
+                latency, tokens = self._smoke(server)
+                return server, startup_s, latency, tokens
+            except StartupStalled:
+                server.stop()
+                if attempt == attempts:
+                    raise
+            except Exception:
+                server.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def _stop_pid(self, pid: int) -> None:
         server = self._servers.pop(pid, None)

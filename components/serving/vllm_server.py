@@ -165,6 +165,31 @@ def stop_process_group(pid: int, timeout_s: float = 30.0) -> None:
         pass
 
 
+class StartupStalled(ServerError):
+    """The server logged a startup failure it does not recover from, but did not exit (vLLM's API
+    server then waits forever); starting it again may succeed (a timeout under load)."""
+
+
+# Lines after which a vLLM server never becomes healthy although its process lives on: the data-
+# parallel coordinator's hard-coded 120 s wait for its ZMQ addresses (vllm/v1/engine/coordinator.py),
+# exceeded when a replica set starts on a loaded machine.
+STALLED_STARTUP_LINES = ("DP Coordinator process failed",)
+
+
+def stalled_line(path: Path | None, offset: int = 0) -> str | None:
+    """The first line of ``path`` after byte ``offset`` (this start's part of an appended log) that
+    reports a startup failure without an exit, or None."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    return next((ln.strip() for ln in text.splitlines() if any(m in ln for m in STALLED_STARTUP_LINES)), None)
+
+
 def tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -181,6 +206,7 @@ class VLLMServer:
         self.port: int | None = self.cfg.port
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
+        self._log_offset = 0
         self.startup_s: float | None = None
         self._t_start = 0.0
 
@@ -256,6 +282,7 @@ class VLLMServer:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"vllm-{self.served_model_name.replace('/', '_')}-{self.port}.log"
         with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
             self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=self._env(), cwd=log_dir, start_new_session=True,
@@ -287,6 +314,11 @@ class VLLMServer:
             if self.healthy():
                 self.startup_s = time.monotonic() - self._t_start
                 return self.startup_s
+            stalled = stalled_line(self.log_path, self._log_offset)
+            if stalled is not None:
+                self.stop()
+                raise StartupStalled(f"vLLM server for {self.model_dir} stalled during startup ({stalled}); "
+                                     f"log {self.log_path}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise ServerError(
