@@ -10,6 +10,12 @@ the figure. The load average is recorded before and after, since the machine may
 ``--batch-sweep`` also times the evaluation workload (distinct prompts, greedy) at several
 engine batch sizes.
 
+``decode_floor`` times what no exact engine can avoid: the model's own forward, one token per row
+at the full batch, ``--new-tokens`` times over a KV cache prefilled beforehand (untimed), with no
+prefill, sampling or bookkeeping. ``generate``'s time over that floor bounds the speed-up any
+engine doing the same fp32 arithmetic can reach over ``generate`` on this machine; scaled by the
+useful fraction of tokens it allows for rows that finish early and are dropped.
+
     python tests/bench/bench_engine.py --model /work/smollm2 [--out tests/bench/results/engine.json]
 """
 
@@ -100,6 +106,27 @@ def compare(engine: TransformersEngine, args) -> dict:
     return {"runs": runs, "median_tokens_per_s": med, "speedup": med["engine"] / med["generate"]}
 
 
+def decode_floor(engine: TransformersEngine, args) -> dict:
+    """Seconds of ``--new-tokens`` bare decode forwards at the full batch (see the module docstring)."""
+    rows = [p for p in engine.encode_prompts(prompts_for(args.prompts)) for _ in range(args.samples)]
+    pad = engine.tokenizer.pad_token_id
+    width = max(len(p) for p in rows)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in rows])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows])
+    times = []
+    with torch.inference_mode():
+        for _ in range(args.repeats):
+            out = engine.model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+            cache, tok, m = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True), mask
+            t0 = time.perf_counter()
+            for _ in range(args.new_tokens):
+                m = torch.cat([m, torch.ones_like(tok)], dim=1)
+                out = engine.model(input_ids=tok, attention_mask=m, past_key_values=cache, use_cache=True)
+                tok = out.logits[:, -1].argmax(-1, keepdim=True)
+            times.append(time.perf_counter() - t0)
+    return {"seconds": statistics.median(times), "runs": times}
+
+
 def batch_sweep(engine: TransformersEngine, args) -> dict:
     """Evaluation-like workload: distinct prompts, greedy, at each engine batch size."""
     prompts = prompts_for(args.sweep_prompts, offset=1)
@@ -135,10 +162,16 @@ def main() -> None:
               "batch": args.prompts * args.samples, "prompts": args.prompts, "samples": args.samples,
               "new_tokens": args.new_tokens, "load_average_before": load_before}
     result.update(compare(engine, args))
+    floor = decode_floor(engine, args)
+    gen = result["runs"]["generate"]
+    gen_s = statistics.median(r["seconds"] for r in gen)
+    useful = statistics.median(r["useful_tokens"] for r in gen) / (result["batch"] * args.new_tokens)
+    result["decode_floor"] = {**floor, "useful_fraction": useful, "max_speedup_full_batch": gen_s / floor["seconds"],
+                              "max_speedup_rows_dropped": gen_s / (floor["seconds"] * useful)}
     if args.batch_sweep:
         result["batch_sweep_greedy"] = batch_sweep(engine, args)
     result["load_average_after"] = os.getloadavg()
-    print(json.dumps({k: result[k] for k in ("median_tokens_per_s", "speedup", "load_average_before",
+    print(json.dumps({k: result[k] for k in ("median_tokens_per_s", "speedup", "decode_floor", "load_average_before",
                                               "load_average_after", "threads")}, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
