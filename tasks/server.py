@@ -4,7 +4,7 @@ With no Prefect server to use (``PREFECT_API_URL`` unset: no ``posttrain ui``, n
 ``POSTTRAIN_PREFECT_API_URL``), this process starts Prefect's ephemeral API server itself: the
 same app, settings and command Prefect's ephemeral mode runs (``python -m uvicorn --factory
 prefect.server.api.server:create_app``, services of an ephemeral server only, no UI), stopped
-when this process exits. Started by ``begin_prefect_api`` as soon as a command's pre-flight
+when this process exits; its output goes to ``<state>/logs/prefect-server.log``. Started by ``begin_prefect_api`` as soon as a command's pre-flight
 checks have passed, it boots (about 20 s on 2 cores) while this process imports the flow;
 and this process never imports Prefect's server package, which Prefect's own ephemeral mode
 imports in the client too. The port is reserved before the server binds it, so nothing can
@@ -69,6 +69,7 @@ class PrefectAPI:
     def __init__(self, lock_dir: Path):
         lock_dir.mkdir(parents=True, exist_ok=True)
         self._lock = open(lock_dir / "prefect-db.flock", "w")  # noqa: SIM115 - released in wait()
+        self.log_path = lock_dir.parent / "logs" / "prefect-server.log"
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         self.proc: subprocess.Popen | None = None
         self._port: socket.socket | None = None
@@ -81,13 +82,19 @@ class PrefectAPI:
         port = self._port.getsockname()[1]
         prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent  # type: ignore[union-attr, arg-type]
         env = {**os.environ, **_EPHEMERAL_ENV}
+        # The server's output goes to a log file, not the user's terminal: on sqlite it logs a
+        # traceback for each write that met another writer ("database is locked"; upstream
+        # PrefectHQ/prefect#18934: the write is retried and the run goes on).
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child holds it; ours closes below
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
              "--log-level", "error", "--lifespan", "on"],
-            env=env,
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,  # started from the main thread, which lives as long as the CLI
         )
+        log.close()
         atexit.register(_stop, self.proc)
         # Set before this process imports prefect (its settings are read then); children inherit it.
         os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
@@ -102,9 +109,10 @@ class PrefectAPI:
             while not answers(url, timeout_s=2):
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"the ephemeral Prefect server exited with code {self.proc.returncode} "
-                                       f"before it answered at {url}")
+                                       f"before it answered at {url}; its log: {self.log_path}")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"timed out waiting for the ephemeral Prefect server at {url}")
+                    raise RuntimeError(f"timed out waiting for the ephemeral Prefect server at {url}; "
+                                       f"its log: {self.log_path}")
                 time.sleep(0.1)
         finally:
             self._port.close()
