@@ -129,6 +129,14 @@ def load_full_optimizer_state(model: Any, opt: torch.optim.Optimizer, state: dic
     set_optimizer_state_dict(model, opt, full, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def _fusable(params: list[torch.Tensor], sharded: bool) -> bool | None:
+    """True where ``AdamW(fused=True)`` runs: plain float tensors on a CPU or CUDA device."""
+    ok = not sharded and bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+        for p in params)
+    return True if ok else None
+
+
 class Learner:
     """Owns the policy's optimiser and scheduler; ``update`` runs the passes over one batch."""
 
@@ -139,8 +147,11 @@ class Learner:
         policy is an FSDP2 module (``distributed.shard_policy``), which reduces the gradients itself."""
         self.cfg, self.model, self.ref_model = cfg, model, ref_model
         self.rank, self.world_size, self.sharded = rank, world_size, sharded
-        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                     weight_decay=cfg.weight_decay)
+        params = [p for p in model.parameters() if p.requires_grad]
+        # The fused kernel: one pass over each tensor, 0.12 s against 0.5 s (and 5.6 s for the first,
+        # state-allocating step) for SmolLM2-135M on 2 CPU cores, results within 3e-8 of the default.
+        # FSDP2's DTensor parameters keep the default implementation.
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fusable(params, sharded))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.warmup_steps))
 
     def state_dict(self) -> dict[str, Any]:

@@ -70,3 +70,23 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_model_dir, tmp_path, 
     assert outs[False].keys() == outs[True].keys()
     assert all(torch.allclose(outs[False][k], outs[True][k], atol=1e-6) for k in outs[False])
     assert any(not torch.equal(outs[True][k], base[k]) for k in base if k in outs[True])
+
+
+def test_learner_uses_fused_adamw_with_the_default_step(tiny_model_dir):
+    """The learner's fused AdamW (plain CPU tensors) takes the step the default AdamW takes."""
+    from components.models import load_model
+    from components.rl.learner import Learner
+
+    learner = Learner(_cfg(), load_model(tiny_model_dir))
+    assert learner.opt.defaults["fused"] is True
+    ref_model = load_model(tiny_model_dir)
+    ref = torch.optim.AdamW(ref_model.parameters(), lr=learner.cfg.lr, weight_decay=learner.cfg.weight_decay)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, q in zip(learner.model.parameters(), ref_model.parameters()):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        learner.opt.step()
+        ref.step()
+    for p, q in zip(learner.model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
