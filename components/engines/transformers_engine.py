@@ -12,7 +12,10 @@ reproducible sampling. The loop is also faster than ``generate`` on the RL workl
 * finished rows leave the batch (their KV rows are dropped), so late steps decode only
   the rows still running;
 * one uniform per row and step, inverse CDF over the filtered probabilities: an exact
-  draw from the same distribution as ``torch.multinomial``, seeded, and cheaper.
+  draw from the same distribution as ``torch.multinomial``, seeded, and cheaper;
+* on the CPU in float32, the linear layers run through oneDNN instead of MKL, their weights
+  prepacked once per ``generate`` call (``kernels.cpu_linear``: same fp32 arithmetic, faster on
+  these AMD CPUs; the packed copy lives for the call, ``POSTTRAIN_ONEDNN_LINEAR=0`` turns it off).
 
 RL, difficulty estimation and evaluation all sample through ``sample_continuations``;
 ``engine_for`` gives each workload its batch size.
@@ -28,6 +31,7 @@ from typing import Any, Literal
 import torch
 
 from components.engines.base import GenerationBatch, Message, Sample, SamplingParams
+from kernels.cpu_linear import onednn_linears
 
 Workload = Literal["rl", "difficulty", "evaluate"]
 # Sequences decoded together, per workload. RL keeps one step's 64 rollouts in one batch.
@@ -36,6 +40,9 @@ Workload = Literal["rl", "difficulty", "evaluate"]
 # with batch 64 against 16.6 with 128 (tests/bench/bench_engine.py --batch-sweep): they stay at 64
 # here; a machine with more cores should raise them.
 BATCH_SEQUENCES: dict[str, int] = {"rl": 64, "difficulty": 64, "evaluate": 64}
+# Fewer rows than this decode with oneDNN's unpacked weights: packing (~0.2 s for SmolLM2-135M)
+# pays from about 4 rows on (at 1 row the packed and unpacked products take the same time).
+PACK_MIN_ROWS = 4
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -221,10 +228,21 @@ class TransformersEngine:
             out.append(list(ids))
         return out
 
+    def fast_linears(self, rows: int) -> Any:
+        """The block in which the model's linear layers run through oneDNN (``kernels.cpu_linear``),
+        weights packed for ``rows`` rows; a block inside another reuses the outer one's."""
+        return onednn_linears(self.model, batch_hint=rows if rows >= PACK_MIN_ROWS else None)
+
     def generate(self, prompts: list[list[Message]], n: int, params: SamplingParams) -> GenerationBatch:
         t0 = time.perf_counter()
         prompt_ids = self.encode_prompts(prompts)
         flat = [(i, j) for i in range(len(prompt_ids)) for j in range(n)]
+        with self.fast_linears(min(len(flat), self.max_batch_sequences)):
+            groups = self._generate_chunks(prompt_ids, flat, n, params)
+        return GenerationBatch(prompt_token_ids=prompt_ids, groups=groups, seconds=time.perf_counter() - t0)
+
+    def _generate_chunks(self, prompt_ids: list[list[int]], flat: list[tuple[int, int]], n: int,
+                         params: SamplingParams) -> list[list[Sample]]:
         uniforms = prompt_uniforms(len(prompt_ids), n, params)
         groups: list[list[Sample]] = [[] for _ in prompt_ids]
         for start in range(0, len(flat), self.max_batch_sequences):
@@ -236,7 +254,7 @@ class TransformersEngine:
                     prompt_index=i, sample_index=j, token_ids=toks, logprobs=lps,
                     text=self.tokenizer.decode(toks, skip_special_tokens=True), finish_reason=reason,
                     versions=[self.policy_version] * len(toks)))
-        return GenerationBatch(prompt_token_ids=prompt_ids, groups=groups, seconds=time.perf_counter() - t0)
+        return groups
 
     @torch.inference_mode()
     def sample_continuations(
@@ -254,7 +272,8 @@ class TransformersEngine:
             g = gen if gen is not None else torch.Generator(device="cpu").manual_seed(torch.seed() % (2**63))
             uniforms = torch.rand((params.max_new_tokens, len(seqs)), generator=g, dtype=torch.float64).T
         try:
-            toks, lps, lengths, stopped = self._decode(seqs, params, uniforms)
+            with self.fast_linears(len(seqs)):
+                toks, lps, lengths, stopped = self._decode(seqs, params, uniforms)
         finally:
             if was_training:
                 model.train()

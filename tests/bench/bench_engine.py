@@ -10,11 +10,16 @@ the figure. The load average is recorded before and after, since the machine may
 ``--batch-sweep`` also times the evaluation workload (distinct prompts, greedy) at several
 engine batch sizes.
 
-``decode_floor`` times what no exact engine can avoid: the model's own forward, one token per row
-at the full batch, ``--new-tokens`` times over a KV cache prefilled beforehand (untimed), with no
-prefill, sampling or bookkeeping. ``generate``'s time over that floor bounds the speed-up any
-engine doing the same fp32 arithmetic can reach over ``generate`` on this machine; scaled by the
-useful fraction of tokens it allows for rows that finish early and are dropped.
+``engine_mkl`` is the same engine with its linear layers left on MKL (``POSTTRAIN_ONEDNN_LINEAR=0``,
+see ``kernels/cpu_linear.py``), timed in the same alternation, so the oneDNN share of the figure
+is measured rather than assumed.
+
+``decode_floor`` times the model's own forward, one token per row at the full batch,
+``--new-tokens`` times over a KV cache prefilled beforehand (untimed), with no prefill, sampling
+or bookkeeping: ``mkl`` with ``F.linear`` as ``generate`` runs it, ``onednn`` with the linear
+layers through oneDNN, weights packed, as the engine runs them. ``generate``'s time over the ``mkl`` floor bounds
+the speed-up an engine can reach with ``generate``'s own arithmetic; scaled by the useful
+fraction of tokens it allows for rows that finish early and are dropped.
 
     python tests/bench/bench_engine.py --model /work/smollm2 [--out tests/bench/results/engine.json]
 """
@@ -22,6 +27,7 @@ useful fraction of tokens it allows for rows that finish early and are dropped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -88,22 +94,35 @@ def timed(fn, *args) -> tuple[float, int]:
     return time.perf_counter() - t0, toks
 
 
+def ours_mkl(engine: TransformersEngine, prompts, n: int, new_tokens: int, seed: int) -> int:
+    """The engine with its linear layers on MKL (``F.linear``), as before ``kernels.cpu_linear``."""
+    before = os.environ.get("POSTTRAIN_ONEDNN_LINEAR")
+    os.environ["POSTTRAIN_ONEDNN_LINEAR"] = "0"
+    try:
+        return ours(engine, prompts, n, new_tokens, seed)
+    finally:
+        if before is None:
+            os.environ.pop("POSTTRAIN_ONEDNN_LINEAR")
+        else:
+            os.environ["POSTTRAIN_ONEDNN_LINEAR"] = before
+
+
 def compare(engine: TransformersEngine, args) -> dict:
     prompts = prompts_for(args.prompts)
     pids = engine.encode_prompts(prompts)
     n, t = args.samples, args.new_tokens
     ours(engine, prompts, n, 2, 0)
     hf_generate(engine, pids, n, 2, 0)
-    runs = {"engine": [], "generate": []}
+    runs: dict[str, list[dict]] = {"engine": [], "engine_mkl": [], "generate": []}
     for r in range(args.repeats):
-        s, k = timed(ours, engine, prompts, n, t, 100 + r)
-        runs["engine"].append({"seconds": s, "useful_tokens": k, "tokens_per_s": k / s})
-        s, k = timed(hf_generate, engine, pids, n, t, 100 + r)
-        runs["generate"].append({"seconds": s, "useful_tokens": k, "tokens_per_s": k / s})
-        print(f"repeat {r}: engine {runs['engine'][-1]['tokens_per_s']:.1f} tok/s, "
-              f"generate {runs['generate'][-1]['tokens_per_s']:.1f} tok/s", flush=True)
+        for name, fn, first in (("engine", ours, prompts), ("engine_mkl", ours_mkl, prompts),
+                                ("generate", hf_generate, pids)):
+            s, k = timed(fn, engine, first, n, t, 100 + r)
+            runs[name].append({"seconds": s, "useful_tokens": k, "tokens_per_s": k / s})
+        print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]['tokens_per_s']:.1f} tok/s" for k, v in runs.items()), flush=True)
     med = {k: statistics.median(x["tokens_per_s"] for x in v) for k, v in runs.items()}
-    return {"runs": runs, "median_tokens_per_s": med, "speedup": med["engine"] / med["generate"]}
+    return {"runs": runs, "median_tokens_per_s": med, "speedup": med["engine"] / med["generate"],
+            "speedup_engine_mkl": med["engine_mkl"] / med["generate"]}
 
 
 def decode_floor(engine: TransformersEngine, args) -> dict:
@@ -113,18 +132,21 @@ def decode_floor(engine: TransformersEngine, args) -> dict:
     width = max(len(p) for p in rows)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in rows])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows])
-    times = []
+    times: dict[str, list[float]] = {"mkl": [], "onednn": []}
     with torch.inference_mode():
         for _ in range(args.repeats):
-            out = engine.model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
-            cache, tok, m = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True), mask
-            t0 = time.perf_counter()
-            for _ in range(args.new_tokens):
-                m = torch.cat([m, torch.ones_like(tok)], dim=1)
-                out = engine.model(input_ids=tok, attention_mask=m, past_key_values=cache, use_cache=True)
-                tok = out.logits[:, -1].argmax(-1, keepdim=True)
-            times.append(time.perf_counter() - t0)
-    return {"seconds": statistics.median(times), "runs": times}
+            for kind in times:
+                with engine.fast_linears(len(rows)) if kind == "onednn" else contextlib.nullcontext():
+                    out = engine.model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+                    cache, tok, m = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True), mask
+                    t0 = time.perf_counter()
+                    for _ in range(args.new_tokens):
+                        m = torch.cat([m, torch.ones_like(tok)], dim=1)
+                        out = engine.model(input_ids=tok, attention_mask=m, past_key_values=cache, use_cache=True)
+                        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+                    times[kind].append(time.perf_counter() - t0)
+    return {"seconds": statistics.median(times["mkl"]), "runs": times["mkl"],
+            "onednn_seconds": statistics.median(times["onednn"]), "onednn_runs": times["onednn"]}
 
 
 def batch_sweep(engine: TransformersEngine, args) -> dict:
@@ -171,7 +193,8 @@ def main() -> None:
     if args.batch_sweep:
         result["batch_sweep_greedy"] = batch_sweep(engine, args)
     result["load_average_after"] = os.getloadavg()
-    print(json.dumps({k: result[k] for k in ("median_tokens_per_s", "speedup", "decode_floor", "load_average_before",
+    print(json.dumps({k: result[k] for k in ("median_tokens_per_s", "speedup", "speedup_engine_mkl", "decode_floor",
+                                              "load_average_before",
                                               "load_average_after", "threads")}, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))

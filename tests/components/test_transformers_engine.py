@@ -1,5 +1,6 @@
 """The transformers engine: shapes, log-probs equal a separate forward pass, seeded sampling."""
 
+import pytest
 import torch
 
 from components.engines.base import SamplingParams
@@ -11,6 +12,28 @@ PROMPTS = [[{"role": "user", "content": "What is 2 + 3?"}], [{"role": "user", "c
 
 def _engine(d, **kw):
     return TransformersEngine(load_model(d), load_tokenizer(d), **kw)
+
+
+@pytest.fixture(params=["mkl", "onednn-packed", "onednn"])
+def linear_path(request, monkeypatch):
+    """The engine's linear layers on MKL (``F.linear``) or, as on a real model, through oneDNN
+    (``kernels.cpu_linear``; the tiny model's layers are below its size threshold, so it is
+    lowered here), with weights packed for the batch or (few rows) unpacked; yields a list that
+    counts the oneDNN calls."""
+    from components.engines import transformers_engine
+    from kernels import cpu_linear
+
+    calls: list[int] = []
+    if request.param == "mkl":
+        monkeypatch.setenv("POSTTRAIN_ONEDNN_LINEAR", "0")
+    else:
+        monkeypatch.setattr(cpu_linear, "MIN_WEIGHT_NUMEL", 0)
+        real = cpu_linear.onednn_linear
+        monkeypatch.setattr(cpu_linear, "onednn_linear", lambda *a: calls.append(1) or real(*a))
+        if request.param == "onednn":
+            monkeypatch.setattr(transformers_engine, "PACK_MIN_ROWS", 10**6)
+    yield request.param, calls
+    assert (len(calls) > 0) == (request.param != "mkl")
 
 
 def test_shapes_and_finish_reasons(tiny_model_dir):
@@ -25,7 +48,7 @@ def test_shapes_and_finish_reasons(tiny_model_dir):
             assert s.finish_reason == ("length" if len(s.token_ids) == 5 else "stop")
 
 
-def test_logprobs_match_separate_forward(tiny_model_dir):
+def test_logprobs_match_separate_forward(tiny_model_dir, linear_path):
     eng = _engine(tiny_model_dir)
     temp = 0.7
     out = eng.generate(PROMPTS, 2, SamplingParams(max_new_tokens=6, temperature=temp, seed=3))
@@ -86,7 +109,7 @@ def _hf_greedy(eng, prompt_ids, max_new):
     return rows
 
 
-def test_greedy_equals_hf_generate(tiny_model_dir):
+def test_greedy_equals_hf_generate(tiny_model_dir, linear_path):
     """The sampling loop (shared-prefix prefill, finished rows dropped) against ``model.generate``."""
     eng = _engine(tiny_model_dir)
     prompts = PROMPTS + [[{"role": "user", "content": "Count from one to ten, slowly please."}]]
