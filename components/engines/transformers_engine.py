@@ -13,8 +13,8 @@ reproducible sampling. The loop is also faster than ``generate`` on the RL workl
   the rows still running;
 * one uniform per row and step, inverse CDF over the filtered probabilities: an exact
   draw from the same distribution as ``torch.multinomial``, seeded, and cheaper;
-* on the CPU in float32, the linear layers run through oneDNN instead of MKL, their weights
-  prepacked once per ``generate`` call (``kernels.cpu_linear``: same fp32 arithmetic, faster on
+* on the CPU in float32, the linear layers run through oneDNN instead of MKL, each weight
+  packed once per ``generate`` call (``kernels.cpu_linear``: same fp32 arithmetic, faster on
   these AMD CPUs; the packed copy lives for the call, ``POSTTRAIN_ONEDNN_LINEAR=0`` turns it off).
 
 RL, difficulty estimation and evaluation all sample through ``sample_continuations``;
@@ -229,9 +229,9 @@ class TransformersEngine:
         return out
 
     def fast_linears(self, rows: int) -> Any:
-        """The block in which the model's linear layers run through oneDNN (``kernels.cpu_linear``),
-        weights packed for ``rows`` rows; a block inside another reuses the outer one's."""
-        return onednn_linears(self.model, batch_hint=rows if rows >= PACK_MIN_ROWS else None)
+        """The block in which this thread's no-grad linears run through oneDNN (``kernels.cpu_linear``),
+        weights packed for ``rows`` rows on first use; a block inside another reuses the outer one's."""
+        return onednn_linears(batch_hint=rows if rows >= PACK_MIN_ROWS else None)
 
     def generate(self, prompts: list[list[Message]], n: int, params: SamplingParams) -> GenerationBatch:
         t0 = time.perf_counter()

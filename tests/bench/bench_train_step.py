@@ -6,7 +6,10 @@ Responses are sampled by posttrain's engine (``--new-tokens`` tokens at T = 1) u
 (the update's cost depends on lengths, not on which tokens). Both paths run the trainer's own
 update (``components.rl.learner.Learner.update``: micro-batches, DAPO loss, backward, clipping, AdamW)
 from the same weights, alternately ``--repeats`` times in one process; the figure is the ratio of
-the median wall times. The log-probs of the two paths on the first micro-batch are compared too.
+the median wall times. Each repeat times a fresh learner's first update (``cold``: the gradient
+and optimiser-state buffers are allocated then, the same cost on both paths) and then its second
+update on the same rollouts (``warm``: what every later step of an RL run costs). The log-probs
+of the two paths on the first micro-batch are compared too.
 
     python tests/bench/bench_train_step.py --model /work/smollm2 [--out tests/bench/results/train_step.json]
 """
@@ -57,10 +60,18 @@ def rollouts(model, tok, args) -> TrainBatch:
 
 
 def one_update(model_dir: Path, tb: TrainBatch, cfg: RLConfig, sizes: list[int]) -> float:
+    return updates(model_dir, tb, cfg, sizes, 1)[0]
+
+
+def updates(model_dir: Path, tb: TrainBatch, cfg: RLConfig, sizes: list[int], n: int) -> list[float]:
+    """Seconds of a fresh learner's first ``n`` updates on ``tb``."""
     learner = Learner(cfg, load_model(model_dir))
-    t0 = time.perf_counter()
-    learner.update(tb, sizes, None, step=0)
-    return time.perf_counter() - t0
+    out = []
+    for step in range(n):
+        t0 = time.perf_counter()
+        learner.update(tb, sizes, None, step=step)
+        out.append(time.perf_counter() - t0)
+    return out
 
 
 def main() -> None:
@@ -91,18 +102,21 @@ def main() -> None:
     with torch.no_grad():
         diff = (response_logprobs(model, first, share_prompts=True)[0]
                 - response_logprobs(model, first, share_prompts=False)[0]).abs().max()
-    times = {"shared": [], "plain": []}
+    times: dict[str, list[float]] = {"shared": [], "plain": [], "shared_warm": [], "plain_warm": []}
     for r in range(args.repeats):
-        times["shared"].append(one_update(model_dir, tb, cfgs[True], sizes))
-        times["plain"].append(one_update(model_dir, tb, cfgs[False], sizes))
-        print(f"repeat {r}: shared {times['shared'][-1]:.1f} s, plain {times['plain'][-1]:.1f} s", flush=True)
+        for arm, share in (("shared", True), ("plain", False)):
+            cold, warm = updates(model_dir, tb, cfgs[share], sizes, 2)
+            times[arm].append(cold)
+            times[f"{arm}_warm"].append(warm)
+        print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {"model": str(model_dir), "threads": torch.get_num_threads(), "rollouts": n,
               "response_tokens": int(tb.resp_mask.sum()), "prompt_tokens": int(tb.prompt_lens.sum()),
               "synthetic": args.synthetic, "seconds": times, "median_seconds": med,
-              "speedup": med["plain"] / med["shared"], "max_abs_logprob_diff": float(diff),
+              "speedup": med["plain"] / med["shared"], "speedup_warm": med["plain_warm"] / med["shared_warm"],
+              "max_abs_logprob_diff": float(diff),
               "load_average_before": load_before, "load_average_after": os.getloadavg()}
-    print(json.dumps({k: result[k] for k in ("median_seconds", "speedup", "max_abs_logprob_diff",
+    print(json.dumps({k: result[k] for k in ("median_seconds", "speedup", "speedup_warm", "max_abs_logprob_diff",
                                               "load_average_before", "load_average_after")}, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))

@@ -29,11 +29,12 @@ def linear_path(request, monkeypatch):
     else:
         monkeypatch.setattr(cpu_linear, "MIN_WEIGHT_NUMEL", 0)
         real = cpu_linear.onednn_linear
-        monkeypatch.setattr(cpu_linear, "onednn_linear", lambda *a: calls.append(1) or real(*a))
+        monkeypatch.setattr(cpu_linear, "onednn_linear", lambda *a: calls.append(a[1].is_mkldnn) or real(*a))
         if request.param == "onednn":
             monkeypatch.setattr(transformers_engine, "PACK_MIN_ROWS", 10**6)
     yield request.param, calls
     assert (len(calls) > 0) == (request.param != "mkl")
+    assert all(calls) if request.param == "onednn-packed" else not any(calls)  # packed weights are oneDNN tensors
 
 
 def test_shapes_and_finish_reasons(tiny_model_dir):

@@ -1,4 +1,6 @@
-"""oneDNN CPU linear against ``F.linear`` and a float64 product; the engine's routing of layers."""
+"""oneDNN CPU linear against ``F.linear`` and a float64 product; the no-grad routing mode."""
+
+import threading
 
 import pytest
 import torch
@@ -15,22 +17,27 @@ def _inputs(m: int, k: int, n: int, bias: bool = False):
     return x, w, (torch.randn(n, generator=g) if bias else None)
 
 
+def _bound(x, w, b):
+    """The classic bound of a float32 dot product of length K: |err| <= K u sum|x_i w_i| (u = 2^-24)."""
+    k = x.shape[-1] + (1 if b is not None else 0)
+    scale = x.abs().double() @ w.abs().double().T + (b.abs().double() if b is not None else 0)
+    return k * 2.0 ** -24 * scale
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("bias", [False, True])
-def test_onednn_linear_is_an_fp32_product(shape, bias):
-    """Within the classic bound of a float32 dot product of length K, |err| <= K u sum|x_i w_i|
-    (u = 2^-24), like MKL's; so the two agree to float rounding."""
+@pytest.mark.parametrize("packed", [False, True])
+def test_onednn_linear_is_an_fp32_product(shape, bias, packed):
+    """Within the float32 bound of the exact product, like MKL's; so the two agree to rounding."""
     assert onednn_available()  # PyTorch's x86 and arm64 CPU wheels ship oneDNN
     x, w, b = _inputs(*shape, bias=bias)
-    got = onednn_linear(x, w, b)
+    wk = torch.ops.mkldnn._reorder_linear_weight(w, shape[0]) if packed else w
+    got = onednn_linear(x, wk, b)
     exact = torch.nn.functional.linear(x.double(), w.double(), b.double() if b is not None else None)
-    k = shape[1] + (1 if bias else 0)
-    scale = x.abs().double() @ w.abs().double().T + (b.abs().double() if b is not None else 0)
-    bound = k * 2.0 ** -24 * scale
+    bound = _bound(x, w, b)
     assert got.dtype == torch.float32 and got.shape == (shape[0], shape[2])
     assert bool(((got.double() - exact).abs() <= bound).all())
-    ref = linear_reference(x, w, b).double()
-    assert bool(((got.double() - ref).abs() <= 2 * bound).all())
+    assert bool(((got.double() - linear_reference(x, w, b).double()).abs() <= 2 * bound).all())
 
 
 def test_onednn_linear_takes_batched_and_strided_inputs():
@@ -59,45 +66,56 @@ def _tiny_mlp() -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("batch_hint", [None, 8])
-def test_onednn_linears_routes_no_grad_calls_only_and_restores(monkeypatch, batch_hint):
-    """Unpacked weights, or (``batch_hint``) weights prepacked for about that many rows."""
+def test_mode_routes_no_grad_linears_only_and_leaves_modules_alone(monkeypatch, batch_hint):
+    """Unpacked weights, or (``batch_hint``) weights packed on first use for about that many rows."""
     monkeypatch.setattr(cpu_linear, "MIN_WEIGHT_NUMEL", 0)
     model = _tiny_mlp()
-    calls = []
-    real = cpu_linear.onednn_linear
-    monkeypatch.setattr(cpu_linear, "onednn_linear", lambda *a: calls.append(1) or real(*a))
     x = torch.randn(5, 16)
     with torch.no_grad():
         want = model(x)
-    with onednn_linears(model, batch_hint=batch_hint) as routed:
-        assert routed == 2
-        with onednn_linears(model, batch_hint=batch_hint) as inner:
-            assert inner == 0  # a block inside another reuses the outer one's layers
+    with onednn_linears(batch_hint) as mode:
+        assert mode is not None
+        with onednn_linears(batch_hint) as inner:
+            assert inner is None  # a block inside another uses the outer one
         with torch.inference_mode():
             got = model(x)
-        assert len(calls) == 2
+            again = model(x)
+        assert mode.calls == 4
         # Autograd on: F.linear, so gradients are the plain path's, bit for bit.
         model(x).square().sum().backward()
-        assert len(calls) == 2
+        assert mode.calls == 4
+    assert all("forward" not in m.__dict__ for m in model.modules())
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     model(x).square().sum().backward()
     assert all(torch.equal(a, p.grad) for a, p in zip(grads, model.parameters()))
-    assert torch.allclose(got, want, atol=1e-5)
-    assert all("forward" not in m.__dict__ for m in model.modules())
-    with torch.no_grad():
-        model(x)
-    assert len(calls) == 2  # nothing routed after the block
+    assert torch.allclose(got, want, atol=1e-5) and torch.equal(got, again)
 
 
-def test_setting_turns_it_off_and_other_layers_are_left_alone(monkeypatch):
-    model = _tiny_mlp()
-    with onednn_linears(model) as routed:
-        assert routed == 0  # 16 x 32 and 32 x 8: below MIN_WEIGHT_NUMEL
+def test_packed_weight_follows_an_in_place_change(monkeypatch):
     monkeypatch.setattr(cpu_linear, "MIN_WEIGHT_NUMEL", 0)
-    model[2].to(torch.float64)
-    with onednn_linears(model) as routed:
-        assert routed == 1  # the float64 layer keeps F.linear
+    model = _tiny_mlp()
+    x = torch.randn(5, 16)
+    with torch.no_grad(), onednn_linears(batch_hint=8):
+        before = model(x)
+        model[2].weight.mul_(2.0)
+        after = model(x)
+        assert torch.allclose(after, 2 * before, atol=1e-5)
+
+
+def test_other_threads_small_layers_and_other_dtypes_keep_f_linear(monkeypatch):
+    model = _tiny_mlp()
+    x = torch.randn(5, 16)
+    with torch.no_grad(), onednn_linears(batch_hint=8) as mode:
+        model(x)
+        assert mode.calls == 0  # 16 x 32 and 32 x 8: below MIN_WEIGHT_NUMEL
+        monkeypatch.setattr(cpu_linear, "MIN_WEIGHT_NUMEL", 0)
+        worker = threading.Thread(target=lambda: model(x))
+        worker.start()
+        worker.join()
+        assert mode.calls == 0  # the mode is this thread's
+        model.double()(x.double())
+        assert mode.calls == 0
     monkeypatch.setenv("POSTTRAIN_ONEDNN_LINEAR", "0")
-    with onednn_linears(model) as routed:
-        assert routed == 0
+    with onednn_linears() as off:
+        assert off is None
