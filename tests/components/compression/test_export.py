@@ -78,3 +78,21 @@ def test_perplexity_of_uniform_logits_is_the_vocab_size(batches) -> None:
         m.lm_head.weight.zero_()
     assert perplexity(m, batches) == pytest.approx(VOCAB, rel=1e-5)
     assert math.isfinite(perplexity(tiny_llama(), batches))
+
+
+def test_compressed_tensors_checkpoint_runs_under_the_engines_onednn_linears(model, batches, tmp_path,
+                                                                            monkeypatch) -> None:
+    """A reloaded compressed-tensors model decompresses its layers on its first forward; inside the
+    engine's oneDNN block (``kernels.cpu_linear``) that forward must still work and compute the same
+    logits, with the decompressed weights routed (the tiny model's layers are below the size
+    threshold, so it is lowered)."""
+    from kernels import cpu_linear
+
+    monkeypatch.setattr(cpu_linear, "MIN_WEIGHT_NUMEL", 0)
+    state = compress_model(model, parse_variant("rtn-w8"), batches)
+    out = export_compressed_tensors(model, state, None, tmp_path / "ct")
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    with cpu_linear.onednn_linears(batch_hint=4) as mode:
+        got = _logits(reloaded, batches[0])
+    assert mode is not None and mode.calls > 0
+    assert torch.allclose(got, _logits(model, batches[0]), atol=1e-4)
