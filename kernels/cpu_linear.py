@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["linear_reference", "onednn_linear", "onednn_available", "onednn_linears", "OneDNNLinearMode"]
+__all__ = ["linear_reference", "onednn_linear", "onednn_available", "onednn_linears", "OneDNNLinearMode",
+           "has_routable_linears"]
 
 MIN_WEIGHT_NUMEL = 1 << 16  # SmolLM2-135M's smallest projection (576 x 192) is 110,592
 
@@ -102,6 +103,14 @@ class OneDNNLinearMode(TorchFunctionMode):
                 self.calls += 1
                 return onednn_linear(x, self._weight(w), b)
         return func(*args, **kwargs)
+
+
+def has_routable_linears(model: torch.nn.Module) -> bool:
+    """Whether the model has a float32 CPU linear layer the mode would route. A mode costs a
+    Python call per torch op, which a model whose layers all stay on ``F.linear`` should not
+    pay (a 64-wide test model decoded 0.77x as fast inside a mode that routed nothing)."""
+    return any(isinstance(m, torch.nn.Linear) and m.weight.numel() >= MIN_WEIGHT_NUMEL
+               and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32 for m in model.modules())
 
 
 _active = threading.local()

@@ -23,6 +23,7 @@ RL, difficulty estimation and evaluation all sample through ``sample_continuatio
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from typing import Any, Literal
 import torch
 
 from components.engines.base import GenerationBatch, Message, Sample, SamplingParams
-from kernels.cpu_linear import onednn_linears
+from kernels.cpu_linear import has_routable_linears, onednn_linears
 
 Workload = Literal["rl", "difficulty", "evaluate"]
 # Sequences decoded together, per workload. RL keeps one step's 64 rollouts in one batch.
@@ -231,6 +232,8 @@ class TransformersEngine:
     def fast_linears(self, rows: int) -> Any:
         """The block in which this thread's no-grad linears run through oneDNN (``kernels.cpu_linear``),
         weights packed for ``rows`` rows on first use; a block inside another reuses the outer one's."""
+        if not has_routable_linears(self.model):
+            return contextlib.nullcontext()
         return onednn_linears(batch_hint=rows if rows >= PACK_MIN_ROWS else None)
 
     def generate(self, prompts: list[list[Message]], n: int, params: SamplingParams) -> GenerationBatch:

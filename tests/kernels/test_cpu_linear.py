@@ -119,3 +119,11 @@ def test_other_threads_small_layers_and_other_dtypes_keep_f_linear(monkeypatch):
     monkeypatch.setenv("POSTTRAIN_ONEDNN_LINEAR", "0")
     with onednn_linears() as off:
         assert off is None
+
+
+def test_has_routable_linears_needs_a_large_enough_fp32_cpu_layer(monkeypatch):
+    model = _tiny_mlp()
+    assert not cpu_linear.has_routable_linears(model)
+    monkeypatch.setattr(cpu_linear, "MIN_WEIGHT_NUMEL", 0)
+    assert cpu_linear.has_routable_linears(model)
+    assert not cpu_linear.has_routable_linears(model.double())
