@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,6 +44,8 @@ class Settings(BaseSettings):
         "ray_address (prefect-ray's RayTaskRunner)")
     ray_address: str | None = Field(None, description="the Ray cluster (GCS address host:port, as `ray start --head` "
                                     "prints) for executor=ray")
+    onednn_linear: bool = Field(True, description="the transformers engine's float32 CPU linear layers run "
+                                "through oneDNN (kernels/cpu_linear.py); false keeps MKL's F.linear")
     task_retries: int = Field(2, ge=0, description="retries of a fan-out task after an infrastructure error "
                               "(a Ray worker or node that died, OSError/ConnectionError); never after a user error")
 
@@ -126,6 +128,7 @@ class Settings(BaseSettings):
             env["MLFLOW_S3_ENDPOINT_URL"] = self.s3_endpoint_url
         if self.threads:
             env["POSTTRAIN_THREADS"] = str(self.threads)
+        env["POSTTRAIN_ONEDNN_LINEAR"] = "1" if self.onednn_linear else "0"
         if self.mlflow_ui_url:
             env["POSTTRAIN_MLFLOW_UI_URL"] = self.mlflow_ui_url
         env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
@@ -166,11 +169,32 @@ def apply_threads(settings: Settings) -> None:
         torch.set_num_threads(settings.threads)
 
 
+class SettingsError(ValueError):
+    """A ``POSTTRAIN_*`` variable or ``.env`` entry that does not validate, in one line naming it
+    (never its value, which may be a key)."""
+
+
+def load_settings() -> Settings:
+    """``Settings()`` from the environment and ``.env``, a validation error as one ``SettingsError``."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        causes = [f"POSTTRAIN_{'_'.join(str(x) for x in err['loc']).upper()}: {err['msg']}" for err in e.errors()]
+        raise SettingsError("bad setting " + "; ".join(causes)) from None
+
+
+def apply_kernel_settings(settings: Settings) -> None:
+    """``POSTTRAIN_ONEDNN_LINEAR``, normalised into the environment, where ``kernels.cpu_linear``
+    (which never imports settings) reads it; so a ``.env`` entry counts too."""
+    os.environ["POSTTRAIN_ONEDNN_LINEAR"] = "1" if settings.onednn_linear else "0"
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    s = Settings()
+    s = load_settings()
     apply_thread_policy()
     apply_threads(s)
+    apply_kernel_settings(s)
     return s
 
 

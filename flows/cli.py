@@ -474,9 +474,14 @@ def _exit(code: object) -> NoReturn:
 
 
 def main() -> None:
-    from components.settings import apply_thread_policy
+    from components.settings import SettingsError, apply_thread_policy, load_settings
 
     apply_thread_policy()  # before any command imports torch
+    try:
+        load_settings()  # a bad POSTTRAIN_* variable: one line before any command starts (not cached)
+    except SettingsError as e:
+        typer.echo(f"error: {e}", err=True)
+        _exit(2)
     try:
         app(prog_name="posttrain")
     except SystemExit as e:

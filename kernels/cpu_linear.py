@@ -47,9 +47,16 @@ def linear_reference(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> T
     return F.linear(x, weight, bias)
 
 
+_OFF, _ON = ("0", "false", "no", "off", "f", "n"), ("1", "true", "yes", "on", "t", "y", "")
+
+
 def onednn_available() -> bool:
-    """oneDNN's CPU linear can run here (and is not switched off by the setting)."""
-    if os.environ.get("POSTTRAIN_ONEDNN_LINEAR", "1").strip().lower() in ("0", "false", "no", "off"):
+    """oneDNN's CPU linear can run here and ``POSTTRAIN_ONEDNN_LINEAR`` (the ``onednn_linear``
+    setting, which ``components.settings`` validates and exports) does not switch it off."""
+    flag = os.environ.get("POSTTRAIN_ONEDNN_LINEAR", "1").strip().lower()
+    if flag not in _OFF + _ON:
+        raise ValueError(f"POSTTRAIN_ONEDNN_LINEAR={flag!r}: expected 1/0, true/false, yes/no or on/off")
+    if flag in _OFF:
         return False
     return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 

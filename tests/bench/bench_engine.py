@@ -34,6 +34,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -96,15 +97,8 @@ def timed(fn, *args) -> tuple[float, int]:
 
 def ours_mkl(engine: TransformersEngine, prompts, n: int, new_tokens: int, seed: int) -> int:
     """The engine with its linear layers on MKL (``F.linear``), as before ``kernels.cpu_linear``."""
-    before = os.environ.get("POSTTRAIN_ONEDNN_LINEAR")
-    os.environ["POSTTRAIN_ONEDNN_LINEAR"] = "0"
-    try:
+    with mock.patch.dict(os.environ, {"POSTTRAIN_ONEDNN_LINEAR": "0"}):
         return ours(engine, prompts, n, new_tokens, seed)
-    finally:
-        if before is None:
-            os.environ.pop("POSTTRAIN_ONEDNN_LINEAR")
-        else:
-            os.environ["POSTTRAIN_ONEDNN_LINEAR"] = before
 
 
 def compare(engine: TransformersEngine, args) -> dict:

@@ -113,3 +113,42 @@ def test_executor_accepts_local_and_ray_only(tmp_path: Path) -> None:
     assert Settings(_env_file=None, state_dir=tmp_path).task_retries == 2
     with pytest.raises(ValidationError, match="local"):
         Settings(_env_file=None, state_dir=tmp_path, executor="dask")
+
+
+@pytest.mark.parametrize("name, value", [("POSTTRAIN_THREADS", "0"), ("POSTTRAIN_ONEDNN_LINEAR", "banana"),
+                                         ("POSTTRAIN_S3_SECRET_KEY", "")])
+def test_a_bad_setting_is_one_line_before_any_command(tmp_path: Path, name: str, value: str) -> None:
+    """The CLI validates the settings first: one stderr line naming the variable, exit 2, and never
+    the value (a key may be in it). An empty secret is fine (it means none), so that case passes."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTTRAIN_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])  # this checkout's code, from any cwd
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], env={**env, name: value}, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    if name == "POSTTRAIN_S3_SECRET_KEY":
+        assert out.returncode == 0, out.stderr
+        return
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"error: bad setting {name}:") and value not in lines[0].split(":", 2)[2]
+
+
+def test_onednn_linear_setting_reaches_the_kernel_from_a_dotenv(tmp_path: Path) -> None:
+    """``POSTTRAIN_ONEDNN_LINEAR=0`` in ``.env``: once the settings load, the engine's kernel keeps
+    MKL; the Ray workers are told the same."""
+    (tmp_path / ".env").write_text("POSTTRAIN_ONEDNN_LINEAR=0\n")
+    code = ("import os, sys; os.chdir(sys.argv[1]); from components.settings import get_settings\n"
+            "get_settings(); from kernels.cpu_linear import onednn_available; print(onednn_available())")
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTTRAIN_")}
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env={**env, "PYTHONPATH": str(root)},
+                         capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+    assert Settings(_env_file=None, state_dir=tmp_path).worker_env()["POSTTRAIN_ONEDNN_LINEAR"] == "1"
+    assert Settings(_env_file=None, state_dir=tmp_path, onednn_linear=False).worker_env()[
+        "POSTTRAIN_ONEDNN_LINEAR"] == "0"
